@@ -1,0 +1,73 @@
+"""Gaussian primitives shared by the simulation, the metrics and the theory module.
+
+Everything here is a pure function of arrays; no formula below is written anywhere else in
+forget-jax (theory.md sections 1-2: components N(x; m, s^2 I), responsibilities, Bhattacharyya).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from ._types import Array, Float, Scalar
+
+LOG_2PI = jnp.log(2.0 * jnp.pi)
+
+
+def log_normal(x: Float[Array, "... k"], mean: Float[Array, " k"], scale: Scalar) -> Float[Array, "..."]:
+    r"""Log-density of the isotropic Gaussian N(x; mean, scale^2 I_k).
+
+    $\log N = -\lVert x - m\rVert^2 / (2 s^2) - k \log s - \tfrac{k}{2}\log 2\pi$.
+    """
+    k = x.shape[-1]
+    sq = jnp.sum(jnp.square(x - mean), axis=-1)
+    return -0.5 * sq / jnp.square(scale) - k * jnp.log(scale) - 0.5 * k * LOG_2PI
+
+
+def component_log_densities(
+    x: Float[Array, "... k"],
+    old_mean: Float[Array, " k"],
+    new_mean: Float[Array, " k"],
+    old_scale: Scalar,
+    new_scale: Scalar,
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+    """(log N_o(x), log N_n(x)) for the two components of a mixture."""
+    return log_normal(x, old_mean, old_scale), log_normal(x, new_mean, new_scale)
+
+
+def mixture_log_density(
+    x: Float[Array, "... k"],
+    old_weight: Scalar,
+    old_mean: Float[Array, " k"],
+    new_mean: Float[Array, " k"],
+    old_scale: Scalar,
+    new_scale: Scalar,
+) -> Float[Array, "..."]:
+    r"""$\log q(x) = \log(\beta N_o(x) + (1-\beta) N_n(x))$, computed stably with logsumexp."""
+    log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
+    return jnp.logaddexp(jnp.log(old_weight) + log_o, jnp.log1p(-old_weight) + log_n)
+
+
+def old_responsibility(
+    x: Float[Array, "... k"],
+    old_weight: Scalar,
+    old_mean: Float[Array, " k"],
+    new_mean: Float[Array, " k"],
+    old_scale: Scalar,
+    new_scale: Scalar,
+) -> Float[Array, "..."]:
+    r"""Responsibility of the old component, $w_o(x) = \beta N_o(x) / q(x)$ (theory.md section 1)."""
+    log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
+    a = jnp.log(old_weight) + log_o
+    b = jnp.log1p(-old_weight) + log_n
+    return jnp.exp(a - logsumexp(jnp.stack([a, b]), axis=0))
+
+
+def bhattacharyya_coefficient(mean_1: Float[Array, " k"], mean_2: Float[Array, " k"], scale: Scalar) -> Scalar:
+    r"""Bhattacharyya coefficient of two equal-covariance Gaussians (theory.md D3).
+
+    $BC = \int \sqrt{N_1 N_2}\,dx = \exp(-\Delta_{12}^2/8)$ with the Mahalanobis distance
+    $\Delta_{12} = \lVert m_1 - m_2\rVert / s$.
+    """
+    sq = jnp.sum(jnp.square(mean_1 - mean_2), axis=-1) / jnp.square(scale)
+    return jnp.exp(-sq / 8.0)

@@ -1,0 +1,110 @@
+"""Metrics recorded at every logged step (theory.md sections 2 and 5).
+
+All exact quantities reuse the primitives of gaussian.py / divergence.py / theory.py.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from . import theory
+from ._types import Array, Float, Scalar
+from .divergence import kl_divergence, soft_misassignment
+from .gaussian import log_normal
+from .model import LearnerParams, Mixture, axis, learner_mixture, target_mixture
+from .objectives import training_mixture
+from .spec import Hyper, Setup
+
+# Names of the per-logged-step metrics, in the order the store writes them.
+METRIC_NAMES: tuple[str, ...] = (
+    "old_weight",
+    "old_drift",
+    "old_drift_max",
+    "new_mean_error",
+    "kl_to_target",
+    "kl_from_train",
+    "loss",
+    "soft_misassignment",
+    "hard_misassignment",
+    "starved_fraction",
+    "old_overlap",
+    "new_overlap",
+    "max_importance_weight",
+    "old_mean_position",
+    "new_mean_position",
+    "old_scale",
+    "new_scale",
+)
+
+
+def old_drift(params: LearnerParams, target: Mixture) -> Scalar:
+    """delta = ||m_o - mu_o*|| / s_o* (D2; Mahalanobis with the old component's covariance)."""
+    return jnp.linalg.norm(params.old_mean - target.old_mean) / target.old_scale
+
+
+def metric_frame(q: Mixture, target: Mixture, setup: Setup) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
+    """Orthonormal basis of the span of every mean (k = min(d, 3)) with origin mu_o*.
+
+    For d = 1 or population runs (means stay on the axis) this is e_1; otherwise QR of the mean
+    offsets. Exact for equal scales (quadrature.py)."""
+    origin = target.old_mean
+    if setup.dim == 1 or setup.estimator == "population":
+        return axis(setup.dim, setup.dtype)[:, None], origin
+    offsets = jnp.stack([target.new_mean - origin, q.old_mean - origin, q.new_mean - origin], axis=1)
+    basis, _ = jnp.linalg.qr(offsets)  # reduced: (d, min(d, 3))
+    return basis, origin
+
+
+def _overlap_grid(center: Scalar, scale: Scalar, setup: Setup) -> Float[Array, " n"]:
+    if setup.overlap_grid is not None:
+        lo, hi, n = setup.overlap_grid
+        return jnp.linspace(lo, hi, n, dtype=setup.dtype)
+    return center + scale * jnp.linspace(-8.0, 8.0, 512, dtype=setup.dtype)
+
+
+def component_overlap(
+    target_weight: Scalar, target_mean: Scalar, target_scale: Scalar,
+    model_weight: Scalar, model_mean: Scalar, model_scale: Scalar, setup: Setup,
+) -> Scalar:
+    r"""CRNC25's accuracy (D7): $\int \min(w^* N(\mu^*, s^*), w N(m, s)) / \int w^* N(\mu^*, s^*)$,
+    trapezoid rule on a 1-D grid along the separation axis (marginals of the components)."""
+    xs = _overlap_grid(target_mean, target_scale, setup)
+    grid = xs[:, None]
+    p = target_weight * jnp.exp(log_normal(grid, target_mean[None], target_scale))
+    q = model_weight * jnp.exp(log_normal(grid, model_mean[None], model_scale))
+    return jnp.trapezoid(jnp.minimum(p, q), xs) / jnp.trapezoid(p, xs)
+
+
+def measure(params: LearnerParams, hyper: Hyper, setup: Setup) -> dict[str, Scalar]:
+    """State metrics of theta (everything in METRIC_NAMES that does not need the step history)."""
+    q = learner_mixture(params, setup)
+    target = target_mixture(hyper, setup)
+    p_train = training_mixture(hyper, setup)
+    basis, origin = metric_frame(q, target, setup)
+    k = basis.shape[1]
+    order = setup.metric_quadrature_order if k == 1 else min(setup.metric_quadrature_order, 16)
+    q_k, t_k, tr_k = (m.project(basis, origin) for m in (q, target, p_train))
+    e1 = axis(setup.dim, setup.dtype)
+    beta = q.old_weight
+    pooled_scale = jnp.sqrt(q.old_scale * q.new_scale)
+    return dict(
+        old_weight=beta,
+        old_drift=old_drift(params, target),
+        new_mean_error=jnp.linalg.norm(params.new_mean - target.new_mean) / target.new_scale,
+        kl_to_target=kl_divergence(q_k, t_k, order),
+        kl_from_train=kl_divergence(tr_k, q_k, order),
+        soft_misassignment=soft_misassignment(t_k, q_k, order),
+        hard_misassignment=theory.hard_misassignment(
+            target.old_mean, target.old_scale, q.old_mean, q.new_mean, beta, pooled_scale
+        ),
+        old_overlap=component_overlap(
+            target.old_weight, target.old_mean @ e1, target.old_scale, beta, q.old_mean @ e1, q.old_scale, setup
+        ),
+        new_overlap=component_overlap(
+            1 - target.old_weight, target.new_mean @ e1, target.new_scale, 1 - beta, q.new_mean @ e1, q.new_scale, setup
+        ),
+        old_mean_position=q.old_mean @ e1,
+        new_mean_position=q.new_mean @ e1,
+        old_scale=q.old_scale,
+        new_scale=q.new_scale,
+    )

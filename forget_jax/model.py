@@ -1,0 +1,118 @@
+"""The two-mode Gaussian mixture: target p*, learner q_theta, and its parameterisations.
+
+theory.md section 1: q_theta(x) = beta N(x; m_o, s_o^2 I) + (1 - beta) N(x; m_n, s_n^2 I),
+p* = beta* N(mu_o*, s_o*^2 I) + (1 - beta*) N(mu_n*, s_n*^2 I), all means on the separation axis e_1
+at initialisation.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import gaussian
+from ._types import Array, Float, Scalar
+from .spec import Hyper, Setup
+
+
+class Mixture(eqx.Module):
+    """A two-component isotropic Gaussian mixture (old component first), as a distribution."""
+
+    old_weight: Scalar
+    old_mean: Float[Array, " k"]
+    new_mean: Float[Array, " k"]
+    old_scale: Scalar
+    new_scale: Scalar
+
+    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, "..."]:
+        return gaussian.mixture_log_density(
+            x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
+        )
+
+    def old_responsibility(self, x: Float[Array, "... k"]) -> Float[Array, "..."]:
+        return gaussian.old_responsibility(
+            x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
+        )
+
+    def component_log_probs(self, x: Float[Array, "... k"]) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+        return gaussian.component_log_densities(x, self.old_mean, self.new_mean, self.old_scale, self.new_scale)
+
+    def project(self, basis: Float[Array, "d k"], origin: Float[Array, " d"]) -> "Mixture":
+        """The same mixture in the coordinates y = basis^T (x - origin) (exact for densities ratios
+        when the span of `basis` contains every mean and the scales are equal; quadrature.py)."""
+        return Mixture(
+            self.old_weight,
+            (self.old_mean - origin) @ basis,
+            (self.new_mean - origin) @ basis,
+            self.old_scale,
+            self.new_scale,
+        )
+
+
+class LearnerParams(eqx.Module):
+    """Trainable parameters theta. `weight` is a = logit(beta) under the `logit` update rule and
+    beta itself under `direct` / `replicator` (theory.md section 1, update rules (a)-(c))."""
+
+    weight: Scalar
+    old_mean: Float[Array, " d"]
+    new_mean: Float[Array, " d"]
+    old_scale: Scalar
+    new_scale: Scalar
+
+
+def axis(dim: int, dtype) -> Float[Array, " d"]:
+    """Unit vector e_1 along which the target means are placed."""
+    return jnp.zeros((dim,), dtype).at[0].set(1.0)
+
+
+def target_mixture(hyper: Hyper, setup: Setup) -> Mixture:
+    """p* of theory.md section 1: mu_o* = target_old_mean e_1, mu_n* = mu_o* + Delta s_o e_1."""
+    e1 = axis(setup.dim, setup.dtype)
+    old_mean = hyper.target_old_mean * e1
+    new_mean = old_mean + hyper.separation * hyper.target_old_scale * e1
+    return Mixture(hyper.target_old_weight, old_mean, new_mean, hyper.target_old_scale, hyper.target_new_scale)
+
+
+def old_task(target: Mixture) -> Mixture:
+    """p_old as a (degenerate) mixture with all mass on the old component."""
+    return Mixture(jnp.ones_like(target.old_weight), target.old_mean, target.new_mean, target.old_scale, target.new_scale)
+
+
+def old_weight(params: LearnerParams, setup: Setup) -> Scalar:
+    """beta from the stored weight parameter."""
+    return jax.nn.sigmoid(params.weight) if setup.weight_param == "logit" else params.weight
+
+
+def weight_parameter(beta: Scalar, setup: Setup) -> Scalar:
+    """Inverse of `old_weight`: the stored parameter for a given beta."""
+    return jnp.log(beta) - jnp.log1p(-beta) if setup.weight_param == "logit" else beta
+
+
+def learner_mixture(params: LearnerParams, setup: Setup) -> Mixture:
+    return Mixture(old_weight(params, setup), params.old_mean, params.new_mean, params.old_scale, params.new_scale)
+
+
+def init_params(hyper: Hyper, setup: Setup) -> LearnerParams:
+    """theta(0): old and new means at the target means plus the configured offsets along e_1."""
+    target = target_mixture(hyper, setup)
+    e1 = axis(setup.dim, setup.dtype)
+    return LearnerParams(
+        weight=weight_parameter(hyper.init_old_weight, setup),
+        old_mean=target.old_mean + hyper.init_old_offset * e1,
+        new_mean=target.new_mean + hyper.init_new_offset * e1,
+        old_scale=hyper.init_old_scale,
+        new_scale=hyper.init_new_scale,
+    )
+
+
+def optimum_params(hyper: Hyper, setup: Setup) -> LearnerParams:
+    """theta* = (beta*, mu_o*, mu_n*, s_o*, s_n*) of the reverse-KL objective (T3)."""
+    target = target_mixture(hyper, setup)
+    return LearnerParams(
+        weight=weight_parameter(target.old_weight, setup),
+        old_mean=target.old_mean,
+        new_mean=target.new_mean,
+        old_scale=target.old_scale,
+        new_scale=target.new_scale,
+    )

@@ -1,0 +1,62 @@
+"""Pieces shared by every objective: the estimate type, sampling helpers and the frame for
+population quadrature."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._types import Array, Bool, Float, PRNGKeyArray, Scalar
+from ..model import Mixture, axis
+from ..spec import Setup
+
+
+class Estimate(eqx.Module):
+    """What one objective evaluation returns besides its differentiable surrogate.
+
+    Attributes:
+        loss: the objective value estimated on this batch (exact for `population`).
+        starved: True when the batch holds no old-mode sample (theory.md D6; replayed old
+            samples count as old-mode). Always False for stratified sampling.
+        max_importance_weight: largest replay weight omega in the batch (T6); 1 without replay.
+    """
+
+    loss: Scalar
+    starved: Bool[Array, ""]
+    max_importance_weight: Scalar
+
+
+def standard_normal(key: PRNGKeyArray, setup: Setup) -> Float[Array, "B d"]:
+    return jax.random.normal(key, (setup.batch_size, setup.dim), dtype=setup.dtype)
+
+
+def bernoulli(key: PRNGKeyArray, prob: Scalar, setup: Setup) -> Bool[Array, " B"]:
+    return jax.random.uniform(key, (setup.batch_size,), dtype=setup.dtype) < prob
+
+
+def leave_one_out_mean(values: Float[Array, " B"], weights: Float[Array, " B"] | None = None) -> Float[Array, " B"]:
+    r"""Baseline $b_i = \sum_{j\ne i} w_j v_j / \sum_{j \ne i} w_j$; independent of sample i, so the
+    score estimator stays unbiased. Zero when B = 1."""
+    if weights is None:
+        weights = jnp.ones_like(values)
+    total_w = jnp.sum(weights) - weights
+    total_v = jnp.sum(weights * values) - weights * values
+    return jnp.where(total_w > 0, total_v / jnp.where(total_w > 0, total_w, 1.0), 0.0)
+
+
+def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixture, ...]:
+    """Project mixtures onto the separation axis e_1 (k = 1) for population quadrature.
+
+    Exact in d = 1; in d > 1 exact when every mean lies on the axis and scales are equal, which
+    population dynamics preserve (inits are offsets along e_1 and the gradient's orthogonal part
+    vanishes by symmetry). Config validation enforces equal, fixed scales for d > 1.
+    """
+    e1 = axis(setup.dim, setup.dtype)
+    basis = e1[:, None]
+    origin = jnp.zeros((setup.dim,), setup.dtype)
+    return tuple(m.project(basis, origin) for m in mixtures)
+
+
+def stop_gradient_mixture(m: Mixture) -> Mixture:
+    return jax.lax.stop_gradient(m)

@@ -1,0 +1,90 @@
+"""Reverse KL (on-policy RL): L_R(theta) = KL(q_theta || p*) (theory.md section 1, T3-T6).
+
+With f_theta(x) = log q_theta(x) - log p*(x), the gradient is E_q[f grad log q] (score form) or,
+reparameterising x = m_z + s_z eps within the component z, E[grad f(x_theta)] + E[f grad log pi_z]
+(pathwise form; the label z is discrete, so its part keeps a score term).
+
+Replay (T6): samples from m_lambda = (1 - lambda) q_theta + lambda p_old with the bounded weight
+omega = q / m_lambda <= 1 / (1 - lambda); only the score estimator admits it (a replayed sample
+is not a function of theta), which config validation enforces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .._types import PRNGKeyArray, Scalar
+from ..divergence import kl_divergence
+from ..model import LearnerParams, Mixture, learner_mixture, old_task, target_mixture
+from ..spec import Hyper, Setup
+from ._common import Estimate, bernoulli, leave_one_out_mean, population_frame, standard_normal
+
+sg = jax.lax.stop_gradient
+
+
+def replay_log_weight(q: Mixture, p_old: Mixture, x, replay_ratio: Scalar):
+    r"""log omega(x) = log q(x) - log((1 - lambda) q(x) + lambda p_old(x)) (D5); omega <= 1/(1-lambda)."""
+    log_q = q.log_prob(x)
+    log_m = jnp.logaddexp(jnp.log1p(-replay_ratio) + log_q, jnp.log(replay_ratio) + p_old.log_prob(x))
+    return jnp.where(replay_ratio > 0, log_q - log_m, 0.0)
+
+
+def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
+    """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc."""
+    q = learner_mixture(params, setup)
+    target = target_mixture(hyper, setup)
+    one = jnp.ones((), setup.dtype)
+    false = jnp.zeros((), bool)
+
+    def f(x):
+        return q.log_prob(x) - target.log_prob(x)
+
+    if setup.estimator == "population":
+        q_proj, p_proj = population_frame((q, target), setup)
+        kl = kl_divergence(q_proj, p_proj, setup.quadrature_order)
+        return kl, Estimate(kl, false, one)
+
+    k_replay, k_label, k_eps = jax.random.split(key, 3)
+    eps = standard_normal(k_eps, setup)
+    beta = q.old_weight
+
+    if setup.sampling == "stratified":
+        x_old = q.old_mean + q.old_scale * eps
+        x_new = q.new_mean + q.new_scale * eps
+        if setup.estimator == "pathwise":
+            f_old, f_new = f(x_old), f(x_new)
+            surrogate = beta * jnp.mean(f_old) + (1 - beta) * jnp.mean(f_new)
+            return surrogate, Estimate(sg(surrogate), false, one)
+        x_old, x_new = sg(x_old), sg(x_new)
+        f_old, f_new = sg(f(x_old)), sg(f(x_new))
+        log_n_old, log_n_new = q.component_log_probs(x_old)[0], q.component_log_probs(x_new)[1]
+        surrogate = (
+            beta * jnp.mean(f_old)
+            + (1 - beta) * jnp.mean(f_new)
+            + sg(beta) * jnp.mean((f_old - leave_one_out_mean(f_old)) * log_n_old)
+            + sg(1 - beta) * jnp.mean((f_new - leave_one_out_mean(f_new)) * log_n_new)
+        )
+        loss = sg(beta * jnp.mean(f_old) + (1 - beta) * jnp.mean(f_new))
+        return surrogate, Estimate(loss, false, one)
+
+    is_old = bernoulli(k_label, sg(beta), setup)
+    x = jnp.where(is_old[:, None], q.old_mean + q.old_scale * eps, q.new_mean + q.new_scale * eps)
+    if setup.estimator == "pathwise":
+        fx = f(x)
+        log_label = jnp.where(is_old, jnp.log(beta), jnp.log1p(-beta))
+        advantage = sg(fx - leave_one_out_mean(sg(fx)))
+        surrogate = jnp.mean(fx + advantage * log_label)
+        return surrogate, Estimate(sg(jnp.mean(fx)), ~jnp.any(is_old), one)
+
+    # score function, ancestral, optionally through the replay proposal (T6)
+    p_old = old_task(target)
+    replayed = bernoulli(k_replay, hyper.replay_ratio, setup)
+    x = sg(jnp.where(replayed[:, None], p_old.old_mean + p_old.old_scale * eps, x))
+    omega = sg(jnp.exp(replay_log_weight(q, p_old, x, hyper.replay_ratio)))
+    fx = sg(f(x))
+    advantage = omega * (fx - leave_one_out_mean(fx, omega))
+    surrogate = jnp.mean(advantage * q.log_prob(x))
+    loss = jnp.mean(omega * fx)
+    starved = ~jnp.any(is_old | replayed)
+    return surrogate, Estimate(loss, starved, jnp.max(omega))

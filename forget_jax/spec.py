@@ -1,0 +1,178 @@
+"""Static structure vs traced numbers: the central design decision of forget-jax.
+
+`Setup` holds everything that changes array shapes or the program itself (dimension, batch size,
+steps, log interval, objective, estimator, sampling, update rule, optimiser, freeze flags). It is
+hashable: one `Setup` = one compiled program.
+
+`Hyper` holds every number a sweep varies (separation, replay ratio, learning rate, target weight,
+initialisation, seed, ...). Its leaves are arrays, so a batch of configurations is a `Hyper` whose
+leaves have a leading axis and the training loop is `vmap`-ed over it (purejaxrl / gymnax style:
+the swept value is moved out of the static config into a traced argument).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import Array, Int, Scalar
+
+Objective = Literal["fkl", "rkl", "chen2025_fkl", "chen2025_rkl"]
+Estimator = Literal["population", "pathwise", "score"]
+Sampling = Literal["ancestral", "stratified"]
+WeightParam = Literal["logit", "direct", "replicator"]
+Optimizer = Literal["sgd", "adam"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Static (compile-time) structure of a simulation. Hashable; defines one compiled program.
+
+    Attributes:
+        objective: `fkl` (SFT, KL(p_train || q)), `rkl` (on-policy RL, KL(q || p*)), or CRNC25's
+            `chen2025_fkl` / `chen2025_rkl` estimators (theory.md section 5).
+        estimator: `population` (exact expectation by Gauss-Hermite quadrature, no sampling noise),
+            `pathwise` (Monte Carlo, reparameterised within components) or `score`
+            (Monte Carlo, score function with a leave-one-out baseline). For FKL the data do not
+            depend on theta, so `pathwise` and `score` are the same Monte Carlo estimator.
+        sampling: `ancestral` (labels drawn from the mixture weight: starvation lives here) or
+            `stratified` (both components evaluated in every batch, Rao-Blackwellised over the label).
+        dim: dimension d of x.
+        batch_size: B, samples per step (ignored by `population`).
+        steps: number of optimisation steps T.
+        log_every: metrics are recorded at steps 0, k, 2k, ..., T (memory O(T / k)).
+        weight_param: `logit` (GD on a = logit beta), `direct` (GD on beta, clipped) or
+            `replicator` (Fisher-Rao / replicator step beta <- beta - eta beta (1-beta) dL/dbeta,
+            clipped; with eta = 1 under FKL this is exactly the EM update beta <- E[w_o]).
+        optimizer: `sgd` or `adam` (optax transforms; the learning rate is traced).
+        train_weight, train_old_mean, train_new_mean, train_scales: freeze flags (False = frozen).
+        quadrature_order: Gauss-Hermite nodes per axis for population objectives.
+        metric_quadrature_order: nodes per axis for the exact KL / misassignment metrics.
+        weight_clip: beta is clipped to [weight_clip, 1 - weight_clip] for `direct`/`replicator`.
+        scale_min: learnable scales are clipped to >= scale_min (CRNC25: 1e-3).
+        overlap_grid: (lo, hi, n) grid along the separation axis for the CRNC25 overlap metrics;
+            None places n = 512 points over each target component +- 8 scales.
+        adam_b1, adam_b2, adam_eps: Adam constants.
+        x64: run in float64 (requires jax_enable_x64).
+    """
+
+    objective: Objective = "fkl"
+    estimator: Estimator = "population"
+    sampling: Sampling = "ancestral"
+    dim: int = 1
+    batch_size: int = 64
+    steps: int = 1000
+    log_every: int = 10
+    weight_param: WeightParam = "logit"
+    optimizer: Optimizer = "sgd"
+    train_weight: bool = True
+    train_old_mean: bool = True
+    train_new_mean: bool = True
+    train_scales: bool = False
+    quadrature_order: int = 64
+    metric_quadrature_order: int = 64
+    weight_clip: float = 1e-3
+    scale_min: float = 1e-3
+    overlap_grid: tuple[float, float, int] | None = None
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    x64: bool = False
+
+    @property
+    def dtype(self):
+        return jnp.float64 if self.x64 else jnp.float32
+
+    @property
+    def num_logs(self) -> int:
+        """Number of logged points, including the initial state at step 0."""
+        return self.steps // self.log_every + 1
+
+    @property
+    def is_reverse(self) -> bool:
+        return self.objective in ("rkl", "chen2025_rkl")
+
+    def logged_steps(self) -> np.ndarray:
+        return np.arange(self.num_logs) * self.log_every
+
+
+class Hyper(eqx.Module):
+    """Traced numbers of one configuration (or, with a leading axis on every leaf, of a batch).
+
+    Geometry (theory.md section 1): the target is
+    p* = beta* N(mu_o*, s_o^2 I) + (1 - beta*) N(mu_n*, s_n^2 I) with mu_o* = target_old_mean e_1
+    and mu_n* = mu_o* + separation * s_o e_1, so `separation` is the Mahalanobis distance Delta
+    when s_o = s_n. The learner starts at beta(0) = init_old_weight,
+    m_o(0) = mu_o* + init_old_offset e_1 and m_n(0) = mu_n* + init_new_offset e_1 (offsets in the
+    units of x, along the separation axis).
+    """
+
+    separation: Scalar
+    target_old_weight: Scalar
+    target_old_mean: Scalar
+    target_old_scale: Scalar
+    target_new_scale: Scalar
+    init_old_weight: Scalar
+    init_old_offset: Scalar
+    init_new_offset: Scalar
+    init_old_scale: Scalar
+    init_new_scale: Scalar
+    replay_ratio: Scalar
+    learning_rate: Scalar
+    old_lr_scale: Scalar
+    new_lr_scale: Scalar
+    reward_temperature: Scalar
+    seed: Int[Array, ""]
+
+
+HYPER_DEFAULTS: dict[str, float] = dict(
+    separation=4.0,
+    target_old_weight=0.5,
+    target_old_mean=0.0,
+    target_old_scale=1.0,
+    target_new_scale=1.0,
+    init_old_weight=0.5,
+    init_old_offset=0.0,
+    init_new_offset=-1.0,
+    init_old_scale=1.0,
+    init_new_scale=1.0,
+    replay_ratio=0.0,
+    learning_rate=0.05,
+    old_lr_scale=1.0,
+    new_lr_scale=1.0,
+    reward_temperature=0.1,
+    seed=0,
+)
+
+HYPER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Hyper))
+SETUP_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Setup))
+
+
+def make_hyper(dtype=jnp.float32, **values) -> Hyper:
+    """Build a `Hyper` from keyword values (scalars or equal-length 1-D arrays); unset fields take
+    `HYPER_DEFAULTS`. Scalars are broadcast against arrays, so `make_hyper(separation=[2, 4, 6])`
+    is a batch of three configurations."""
+    unknown = set(values) - set(HYPER_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown Hyper field(s) {sorted(unknown)}; allowed: {list(HYPER_FIELDS)}")
+    merged = {**HYPER_DEFAULTS, **values}
+    arrays = {k: np.asarray(v) for k, v in merged.items()}
+    shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+    out = {}
+    for k, a in arrays.items():
+        a = np.broadcast_to(a, shape)
+        out[k] = jnp.asarray(a, dtype=jnp.int32 if k == "seed" else dtype)
+    return Hyper(**out)
+
+
+def batch_size_of(hyper: Hyper) -> int:
+    """Number of configurations in a (possibly batched) Hyper; 0-d leaves count as 1 (unbatched)."""
+    shape = jnp.shape(hyper.separation)
+    return int(shape[0]) if shape else 1
+
+
+_ = field  # re-exported for dataclass users

@@ -1,0 +1,149 @@
+"""The training loop: one jitted function per `Setup`, vmapped over a batch of `Hyper`s.
+
+Structure (purejaxrl / gymnax): an outer `lax.scan` over logged points, an inner `lax.scan` over
+the `log_every` steps between them, so memory is O(steps / log_every) and no Python runs inside
+the loop. The PRNG key of step t of a configuration is `fold_in(key(seed), t)`: it depends on
+that configuration's own seed only, never on the batch it runs in.
+
+Divergence (NaN / inf in the parameters or the loss) is recorded per configuration in the
+`diverged` flag; the batch keeps running and other configurations are unaffected (every
+operation is elementwise across the configuration axis).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from functools import lru_cache
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._types import Array, Bool, Int, Scalar
+from .metrics import METRIC_NAMES, measure, old_drift
+from .model import LearnerParams, init_params, target_mixture
+from .objectives import OBJECTIVES
+from .spec import Hyper, Setup
+from .update import apply_update, make_optimizer
+
+#: How many times the training function of each Setup has been traced (compiled). A batch of any
+#: traced values reuses one trace per (Setup, batch shape); tests use this to prove it.
+TRACE_COUNTS: Counter = Counter()
+
+Trajectory = dict[str, Array]
+
+
+class TrainState(eqx.Module):
+    params: LearnerParams
+    opt_state: optax.OptState
+    starved_steps: Int[Array, ""]
+    old_drift_max: Scalar
+    max_importance_weight: Scalar
+    diverged: Bool[Array, ""]
+
+
+def _all_finite(tree) -> Bool[Array, ""]:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
+    """Return `train(hyper) -> trajectory` for one configuration (unbatched `hyper`).
+
+    The trajectory maps each name of `metrics.METRIC_NAMES` to an array of shape
+    (setup.num_logs,) (steps 0, log_every, ..., steps) and `diverged` to a boolean scalar.
+    """
+    objective = OBJECTIVES[setup.objective]
+    optimizer = make_optimizer(setup)
+    nan = jnp.asarray(jnp.nan, setup.dtype)
+
+    def train(hyper: Hyper) -> Trajectory:
+        TRACE_COUNTS[setup] += 1
+        key = jax.random.key(hyper.seed)
+        target = target_mixture(hyper, setup)
+        params = init_params(hyper, setup)
+        state = TrainState(
+            params=params,
+            opt_state=optimizer.init(params),
+            starved_steps=jnp.zeros((), jnp.int32),
+            old_drift_max=old_drift(params, target),
+            max_importance_weight=nan,
+            diverged=jnp.zeros((), bool),
+        )
+
+        def step(state: TrainState, t) -> tuple[TrainState, None]:
+            grad_fn = jax.grad(objective, has_aux=True)
+            grads, estimate = grad_fn(state.params, hyper, setup, jax.random.fold_in(key, t))
+            params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
+            finite = _all_finite(params) & jnp.isfinite(estimate.loss)
+            return TrainState(
+                params=params,
+                opt_state=opt_state,
+                starved_steps=state.starved_steps + estimate.starved.astype(jnp.int32),
+                old_drift_max=jnp.fmax(state.old_drift_max, old_drift(params, target)),
+                max_importance_weight=jnp.fmax(state.max_importance_weight, estimate.max_importance_weight),
+                diverged=state.diverged | ~finite,
+            ), None
+
+        def record(state: TrainState, t, starved_fraction) -> dict[str, Scalar]:
+            metrics = measure(state.params, hyper, setup)
+            _, estimate = objective(state.params, hyper, setup, jax.random.fold_in(key, t))
+            metrics.update(
+                loss=estimate.loss,
+                starved_fraction=starved_fraction,
+                old_drift_max=state.old_drift_max,
+                max_importance_weight=state.max_importance_weight,
+            )
+            return {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
+
+        def block(state: TrainState, start) -> tuple[TrainState, dict[str, Scalar]]:
+            state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
+            state, _ = jax.lax.scan(step, state, start + jnp.arange(setup.log_every))
+            fraction = state.starved_steps.astype(setup.dtype) / setup.log_every
+            return state, record(state, start + setup.log_every, fraction)
+
+        first = record(state, 0, nan)
+        starts = jnp.arange(setup.num_logs - 1) * setup.log_every
+        state, rest = jax.lax.scan(block, state, starts)
+        trajectory = {name: jnp.concatenate([first[name][None], rest[name]]) for name in METRIC_NAMES}
+        finite_record = jnp.all(jnp.isfinite(trajectory["old_weight"])) & jnp.all(jnp.isfinite(trajectory["loss"]))
+        trajectory["diverged"] = state.diverged | ~finite_record
+        return trajectory
+
+    return train
+
+
+def _ensure_dtype(setup: Setup) -> None:
+    if setup.x64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+
+
+@lru_cache(maxsize=64)
+def compiled_batch(setup: Setup) -> Callable[[Hyper], Trajectory]:
+    """`jit(vmap(train))` for a Setup: one compiled program per (Setup, batch size)."""
+    return jax.jit(jax.vmap(make_train(setup)))
+
+
+def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
+    """Run a batch of configurations (every leaf of `hyper` has a leading axis of length n).
+
+    Returns host arrays: metrics of shape (n, setup.num_logs) and `diverged` of shape (n,).
+    """
+    _ensure_dtype(setup)
+    out = compiled_batch(setup)(hyper)
+    return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
+
+
+def simulate_one(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
+    """Run a single (unbatched) configuration: `jit(train)`."""
+    _ensure_dtype(setup)
+    out = _compiled_single(setup)(hyper)
+    return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
+
+
+@lru_cache(maxsize=64)
+def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
+    return jax.jit(make_train(setup))
