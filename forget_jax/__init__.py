@@ -10,5 +10,20 @@ __version__ = "0.1.0"
 __all__ = [
     "HYPER_DEFAULTS", "Hyper", "LearnerParams", "Mixture", "Setup", "TRACE_COUNTS", "init_params",
     "learner_mixture", "make_hyper", "make_train", "optimum_params", "simulate", "simulate_one",
-    "target_mixture", "theory", "__version__",
+    "sweep", "target_mixture", "theory", "__version__",
 ]
+
+
+def sweep(config_or_path, out=None, *, resume: bool = False, shard: tuple[int, int] = (0, 1),
+          chunk_size: int | None = None, progress: bool = True):
+    """Run a sweep from a YAML path or a config dict and return an `xarray.Dataset`.
+
+    Mirrors `forget-jax sweep CONFIG --out STORE`: with `out=None` nothing is written and the
+    Dataset is built in memory; with `out` the zarr store is written block by block (resumable
+    with `resume=True`) and returned opened lazily. `shard=(i, N)` runs a disjoint slice.
+    Raises `forget_jax.config.ConfigError` (one line) for a bad configuration.
+    """
+    from .config import load_config
+    from .runner import run
+
+    return run(load_config(config_or_path), out, resume=resume, shard=shard, chunk_size=chunk_size, progress=progress)

@@ -116,7 +116,9 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     return train
 
 
-def _ensure_dtype(setup: Setup) -> None:
+def enable_x64_if_needed(setup: Setup) -> None:
+    """float64 runs need jax_enable_x64 (a process-wide switch; float32 runs are unaffected since
+    every array is created with an explicit dtype)."""
     if setup.x64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
 
@@ -132,14 +134,14 @@ def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
 
     Returns host arrays: metrics of shape (n, setup.num_logs) and `diverged` of shape (n,).
     """
-    _ensure_dtype(setup)
+    enable_x64_if_needed(setup)
     out = compiled_batch(setup)(hyper)
     return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
 
 
 def simulate_one(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
     """Run a single (unbatched) configuration: `jit(train)`."""
-    _ensure_dtype(setup)
+    enable_x64_if_needed(setup)
     out = _compiled_single(setup)(hyper)
     return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
 
