@@ -29,7 +29,10 @@ import xarray as xr
 
 from .config import SweepSpec
 from .metrics import METRIC_NAMES
-from .runner.plan import Block, Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # plan.py imports nothing from here; avoid the import cycle at runtime
+    from .runner.plan import Block, Plan
 
 PROGRESS_DIR = ".forget_jax"
 
@@ -90,6 +93,7 @@ def _done_dir(path: Path) -> Path:
 def create(path: str | Path, spec: SweepSpec, plan: Plan, attrs: dict) -> None:
     """Write the store's metadata (no chunk data). Safe to race: one process wins, others wait."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".creating")
     ready = path / PROGRESS_DIR / "ready"
     try:
@@ -189,3 +193,12 @@ def open_store(path: str | Path) -> xr.Dataset:
     if not path.exists():
         raise StoreError(f"store {str(path)!r} does not exist")
     return xr.open_zarr(path)
+
+
+def export_netcdf(path: str | Path, out: str | Path) -> Path:
+    """Write the store as a netCDF-4 file (attributes kept; booleans stored as uint8 by netCDF)."""
+    ds = open_store(path).load()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(out, engine="h5netcdf")
+    return out

@@ -1,0 +1,181 @@
+"""The `forget-jax` command line (typer).
+
+  forget-jax sweep CONFIG.yaml --out STORE [--resume] [--shard i/N] [--chunk-size N] [--x64]
+  forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
+  forget-jax info STORE
+  forget-jax reproduce NAME|all [--out DIR] [--quick]
+
+User mistakes (bad config, missing store, bad flag value) end with one line `error: ...` and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Simulate forgetting in post-training (two-mode Gaussian mixtures) at sweep scale.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn user mistakes into one clear line and exit status 2."""
+    from .config import ConfigError
+    from .store import StoreError
+
+    try:
+        yield
+    except (ConfigError, StoreError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {text!r}: needs 0 <= i < N")
+    return (i, n)
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML sweep configuration (see configs/)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="zarr store to write")],
+    resume: Annotated[bool, typer.Option(help="continue a sweep: skip blocks already in the store")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="run the disjoint slice i of N (e.g. 0/4) into one store")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="max configurations per compiled batch (default: memory budget)")] = None,
+    x64: Annotated[bool, typer.Option("--x64", help="float64 instead of float32")] = False,
+    distributed: Annotated[bool, typer.Option(help="multi-host: jax.distributed.initialize, shard by process index")] = False,
+    coordinator: Annotated[Optional[str], typer.Option(help="jax.distributed coordinator host:port")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="jax.distributed process count")] = None,
+    process_id: Annotated[Optional[int], typer.Option(help="jax.distributed process id")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+):
+    """Run a sweep: YAML grid -> labelled arrays in a zarr store (written as it goes)."""
+    with user_errors():
+        from .config import load_config
+        from .runner import initialize_distributed, run
+
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"--chunk-size {chunk_size}: must be >= 1")
+        spec = load_config(config)
+        if x64:
+            spec = type(spec)(spec.base.model_copy(update={"x64": True}), spec.axes)
+        shard_tuple = _parse_shard(shard)
+        if distributed:
+            if shard is not None:
+                raise ValueError("--distributed takes its shard from jax.process_index(); drop --shard")
+            shard_tuple = initialize_distributed(coordinator, num_processes, process_id)
+        ds = run(spec, out, resume=resume, shard=shard_tuple, chunk_size=chunk_size, progress=progress)
+        done = int(ds["completed"].sum())
+        typer.echo(f"wrote {out}: {done}/{ds['completed'].size} configurations done, dims "
+                   + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")]):
+    """Dims, sizes, what is done, how long it took."""
+    with user_errors():
+        from .store import block_markers, open_store
+
+        ds = open_store(store)
+        attrs = ds.attrs
+        completed = ds["completed"].values
+        lines = [
+            f"store      {store}",
+            f"sweep      {attrs.get('name', '?')}  (forget-jax {attrs.get('forget_jax_version')}, "
+            f"jax {attrs.get('jax_version')}, {attrs.get('device_kind')} x{attrs.get('local_device_count')})",
+            "dims       " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()),
+        ]
+        for name, coord in ds.coords.items():
+            values = coord.values
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            lines.append(f"  {name:<20} [{shown}]")
+        markers = block_markers(store)
+        lines.append(f"done       {int(completed.sum())}/{completed.size} configurations "
+                     f"({len(markers)}/{attrs.get('blocks_total', '?')} blocks)")
+        lines.append(f"diverged   {int(ds['diverged'].values.sum())} configurations")
+        compile_s = sum(m.get("compile_s", 0.0) for m in markers)
+        run_s = sum(m.get("run_s", 0.0) for m in markers)
+        wall_s = sum(m.get("wall_s", 0.0) for m in markers)
+        lines.append(f"time       wall {wall_s:.2f} s = compile {compile_s:.2f} s + run {run_s:.2f} s + I/O "
+                     f"{max(wall_s - compile_s - run_s, 0):.2f} s")
+        typer.echo("\n".join(lines))
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="netCDF file to write (.nc)")],
+):
+    """Export a store to netCDF (h5netcdf engine)."""
+    with user_errors():
+        from .store import export_netcdf
+
+        typer.echo(f"wrote {export_netcdf(store, out)}")
+
+
+@app.command()
+def plot(
+    store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")],
+    x: Annotated[Optional[str], typer.Option(help="grid field on the x axis (default: first grid axis)")] = None,
+    y: Annotated[Optional[str], typer.Option(help="grid field on the y axis (heatmap); omit for a trajectory plot when x is 'step'")] = None,
+    var: Annotated[str, typer.Option(help="data variable to plot")] = "old_weight",
+    step: Annotated[str, typer.Option(help="logged step to show: 'last' or an integer step")] = "last",
+    sel: Annotated[Optional[list[str]], typer.Option(help="fix a grid axis: field=value (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output image (.png or .pdf); default STORE.<var>.png")] = None,
+):
+    """Phase diagram (heatmap over two grid axes) or trajectories (variable vs step)."""
+    with user_errors():
+        from .plots import plot_store
+        from .store import open_store
+
+        ds = open_store(store)
+        selections = {}
+        for item in sel or []:
+            if "=" not in item:
+                raise ValueError(f"--sel {item!r}: expected field=value")
+            k, v = item.split("=", 1)
+            selections[k.strip()] = v.strip()
+        target = out or store.with_name(f"{store.name}.{var}.png")
+        path = plot_store(ds, x=x, y=y, var=var, step=step, sel=selections, out=target)
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def reproduce(
+    name: Annotated[str, typer.Argument(help="study name (pd1, pd2, pd3, pd4, pd6, rates, chen2025) or 'all'")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/reproduce"),
+    quick: Annotated[bool, typer.Option(help="reduced grids that run in minutes on a laptop CPU")] = False,
+):
+    """Regenerate a study of theory.md: stores, figures and a PASS/FAIL report."""
+    with user_errors():
+        from .reproduce import run_studies
+
+        report = run_studies(name, out, quick=quick)
+        typer.echo(f"wrote {out / 'report.md'}: {report['passed']}/{report['total']} claims PASS")
+        if report["passed"] != report["total"]:
+            raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
