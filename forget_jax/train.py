@@ -99,16 +99,19 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
             )
             return {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
 
-        def block(state: TrainState, start) -> tuple[TrainState, dict[str, Scalar]]:
-            state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
-            state, _ = jax.lax.scan(step, state, start + jnp.arange(setup.log_every))
-            fraction = state.starved_steps.astype(setup.dtype) / setup.log_every
-            return state, record(state, start + setup.log_every, fraction)
+        def block(state: TrainState, j) -> tuple[TrainState, dict[str, Scalar]]:
+            # log point j records the state after j * log_every steps; point 0 is the initial
+            # state (no steps run), so the metric code is traced once, not twice
+            def advance(state: TrainState) -> TrainState:
+                state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
+                start = (j - 1) * setup.log_every
+                return jax.lax.scan(step, state, start + jnp.arange(setup.log_every))[0]
 
-        first = record(state, 0, nan)
-        starts = jnp.arange(setup.num_logs - 1) * setup.log_every
-        state, rest = jax.lax.scan(block, state, starts)
-        trajectory = {name: jnp.concatenate([first[name][None], rest[name]]) for name in METRIC_NAMES}
+            state = jax.lax.cond(j > 0, advance, lambda s: s, state)
+            fraction = jnp.where(j > 0, state.starved_steps.astype(setup.dtype) / setup.log_every, nan)
+            return state, record(state, j * setup.log_every, fraction)
+
+        state, trajectory = jax.lax.scan(block, state, jnp.arange(setup.num_logs))
         finite_record = jnp.all(jnp.isfinite(trajectory["old_weight"])) & jnp.all(jnp.isfinite(trajectory["loss"]))
         trajectory["diverged"] = state.diverged | ~finite_record
         return trajectory
