@@ -1,15 +1,26 @@
 """CRNC25's toy estimators (theory.md section 5; Chen, Razin, Narasimhan, Chen 2025, code
 `simulation/run.py`, functions `fit_forward_kl` and `fit_reinforce`).
 
-* `chen2025_fkl` is forward KL on samples of the target's new component only: exactly the
-  Monte Carlo `forward_kl` with lambda = 0 (their preset), so it is not re-implemented here.
+Both keep the +1e-12 terms of their code, which are not negligible here:
+
+* `chen2025_fkl` is forward KL on samples of the target's new component (the Monte Carlo
+  `forward_kl` sampling) with their floored density q(x) + 1e-12: the gradient is
+  -mean(grad q / (q + 1e-12)). Early in training q(x) < 1e-12 at the upper tail of the target
+  samples (mu_2 = 0.5 vs samples around 3.5), so the floor shrinks the step of mu_2 by ~0.5%,
+  a systematic shift of ~7 Monte Carlo standard errors over 256 seeds if dropped.
+  Population / stratified configurations fall back to plain `forward_kl`.
 * `chen2025_rkl` is their surrogate REINFORCE: samples from the learner's *new* component only,
   reward R = log(p_2(x) / q_2(x) / tau + 1e-12) with p_2 the unweighted target new component and
-  q_2 = (1 - pi_1) N(mu_2, s_2), importance weight iw = q / q_2 = 1 + q_1 / q_2 (unbounded), and
-  the ascent direction mean(R iw grad log q). No baseline. In expectation this is
-  (1 / (1 - pi_1)) E_q[(log p_2 - log N(mu_2, s_2)) grad log q] up to constants, which is not
-  grad KL(q || p*): the old mode is never sampled (starved by construction).
-  The +1e-12 of their q and q_2 is dropped (it only matters where q_2 < 1e-12).
+  q_2 = (1 - pi_1) N(mu_2, s_2), importance weight iw = q / (q_2 + 1e-12) (unbounded), and
+  the ascent direction mean(R iw grad log q) = mean(R grad q / (q_2 + 1e-12)). No baseline.
+  Without the 1e-12 terms its expectation is (1 / (1 - pi_1)) E_q[(log p_2 - log N(mu_2, s_2))
+  grad log q] (the constants -log tau - log(1 - pi_1) multiply E_q[grad log q] = 0). This holds
+  for (mu_2, s_2); for the old group (pi_1, mu_1, s_1) the expectation lives where x ~ N(mu_2, s_2)
+  is never sampled (the estimator has infinite variance when s_2^2 < s_1^2 / 2), the reward floor
+  and the iw floor change it, and the realised update is not the expected one: once mu_2 has
+  reached the target, every batch moves pi_1 by about -(-log tau - log(1 - pi_1)) / (1 - pi_1),
+  which is what drives their pi_1 down (tests/test_chen2025.py). It is not grad KL(q || p*):
+  the old mode is never sampled (starved by construction).
 """
 
 from __future__ import annotations
@@ -21,25 +32,44 @@ from .._types import PRNGKeyArray, Scalar
 from ..gaussian import log_normal
 from ..model import LearnerParams, learner_mixture, target_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, standard_normal
-from .forward_kl import forward_kl
+from ._common import Estimate, bernoulli, standard_normal
+from .forward_kl import forward_kl, training_mixture
 
 sg = jax.lax.stop_gradient
 
-chen2025_fkl = forward_kl
+#: The additive floor of CRNC25's densities and reward (`+ 1e-12` in `simulation/run.py`).
+TINY = 1e-12
+
+
+def chen2025_fkl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
+    """Surrogate -mean(log(q_theta(x) + 1e-12)), x ~ p_train (ancestral; their preset has
+    lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`."""
+    if setup.estimator == "population" or setup.sampling != "ancestral":
+        return forward_kl(params, hyper, setup, key)
+    q = learner_mixture(params, setup)
+    p_train = training_mixture(hyper, setup)
+    k_label, k_eps = jax.random.split(key)
+    eps = standard_normal(k_eps, setup)
+    replayed = bernoulli(k_label, hyper.replay_ratio, setup)
+    x = jnp.where(replayed[:, None], p_train.old_mean + p_train.old_scale * eps, p_train.new_mean + p_train.new_scale * eps)
+    log_q = q.log_prob(x)
+    floored = jnp.logaddexp(log_q, jnp.log(jnp.asarray(TINY, setup.dtype)))
+    loss = jnp.mean(p_train.log_prob(x) - log_q)
+    return -jnp.mean(floored), Estimate(sg(loss), ~jnp.any(replayed), jnp.ones((), setup.dtype))
 
 
 def chen2025_reinforce(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component)."""
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
+    log_tiny = jnp.log(jnp.asarray(TINY, setup.dtype))
     x = sg(q.new_mean + q.new_scale * standard_normal(key, setup))
     log_n1, log_n2 = q.component_log_probs(x)
     log_q1 = jnp.log(q.old_weight) + log_n1
     log_q2 = jnp.log1p(-q.old_weight) + log_n2
     log_p2 = log_normal(x, target.new_mean, target.new_scale)
-    reward = jnp.logaddexp(log_p2 - log_q2 - jnp.log(hyper.reward_temperature), jnp.log(1e-12))
-    iw = 1.0 + jnp.exp(log_q1 - log_q2)
+    reward = jnp.logaddexp(log_p2 - log_q2 - jnp.log(hyper.reward_temperature), log_tiny)
+    iw = jnp.exp(jnp.logaddexp(log_q1, log_q2) - jnp.logaddexp(log_q2, log_tiny))
     coefficient = sg(reward * iw)
     surrogate = -jnp.mean(coefficient * q.log_prob(x))
     return surrogate, Estimate(sg(-jnp.mean(reward)), jnp.ones((), bool), sg(jnp.max(iw)))
