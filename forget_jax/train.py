@@ -25,7 +25,7 @@ import optax
 from ._types import Array, Bool, Int, Scalar
 from .metrics import METRIC_NAMES, measure, old_drift
 from .model import LearnerParams, init_params, target_mixture
-from .objectives import OBJECTIVES
+from .objectives import COMPANION_UPDATES, OBJECTIVES
 from .spec import Hyper, Setup
 from .update import apply_update, make_optimizer
 
@@ -37,7 +37,12 @@ Trajectory = dict[str, Array]
 
 
 class TrainState(eqx.Module):
+    """Loop carry. `companion` is a second copy of theta that some objectives track alongside
+    the learner (an EMA teacher, a lagged behaviour policy, the reference model theta(0)); it
+    starts at theta(0) and objectives without one leave it untouched."""
+
     params: LearnerParams
+    companion: LearnerParams
     opt_state: optax.OptState
     starved_steps: Int[Array, ""]
     old_drift_max: Scalar
@@ -57,7 +62,13 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     (setup.num_logs,) (steps 0, log_every, ..., steps) and `diverged` to a boolean scalar.
     """
     objective = OBJECTIVES[setup.objective]
+    update_companion = COMPANION_UPDATES.get(setup.objective)
     optimizer = make_optimizer(setup)
+
+    def evaluate(params, hyper, key, companion):
+        if update_companion is None:
+            return objective(params, hyper, setup, key)
+        return objective(params, hyper, setup, key, companion)
     nan = jnp.asarray(jnp.nan, setup.dtype)
 
     def train(hyper: Hyper) -> Trajectory:
@@ -67,6 +78,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
         params = init_params(hyper, setup)
         state = TrainState(
             params=params,
+            companion=params,
             opt_state=optimizer.init(params),
             starved_steps=jnp.zeros((), jnp.int32),
             old_drift_max=old_drift(params, target),
@@ -75,12 +87,16 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
         )
 
         def step(state: TrainState, t) -> tuple[TrainState, None]:
-            grad_fn = jax.grad(objective, has_aux=True)
-            grads, estimate = grad_fn(state.params, hyper, setup, jax.random.fold_in(key, t))
+            grad_fn = jax.grad(evaluate, has_aux=True)
+            grads, estimate = grad_fn(state.params, hyper, jax.random.fold_in(key, t), state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
             finite = _all_finite(params) & jnp.isfinite(estimate.loss)
+            companion = state.companion
+            if update_companion is not None:
+                companion = update_companion(companion, params, t + 1, hyper, setup)
             return TrainState(
                 params=params,
+                companion=companion,
                 opt_state=opt_state,
                 starved_steps=state.starved_steps + estimate.starved.astype(jnp.int32),
                 old_drift_max=jnp.fmax(state.old_drift_max, old_drift(params, target)),
@@ -90,7 +106,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
 
         def record(state: TrainState, t, starved_fraction) -> dict[str, Scalar]:
             metrics = measure(state.params, hyper, setup)
-            _, estimate = objective(state.params, hyper, setup, jax.random.fold_in(key, t))
+            _, estimate = evaluate(state.params, hyper, jax.random.fold_in(key, t), state.companion)
             metrics.update(
                 loss=estimate.loss,
                 starved_fraction=starved_fraction,

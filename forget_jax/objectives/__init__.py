@@ -13,5 +13,10 @@ OBJECTIVES = {
     "chen2025_rkl": chen2025_reinforce,
 }
 
-__all__ = ["OBJECTIVES", "Estimate", "forward_kl", "reverse_kl", "chen2025_fkl", "chen2025_reinforce",
+#: Objectives that track a companion copy of theta (train.TrainState.companion): name ->
+#: update(companion, params, step, hyper, setup) -> companion, applied after every step; such an
+#: objective takes the companion as a fifth argument.
+COMPANION_UPDATES: dict = {}
+
+__all__ = ["COMPANION_UPDATES", "OBJECTIVES", "Estimate", "forward_kl", "reverse_kl", "chen2025_fkl", "chen2025_reinforce",
            "training_mixture", "replay_log_weight"]
