@@ -6,12 +6,15 @@ forget-jax (theory.md sections 1-2: components N(x; m, s^2 I), responsibilities,
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from ._types import Array, Float, Scalar
 
-LOG_2PI = jnp.log(2.0 * jnp.pi)
+#: log(2 pi) as a Python float: a jnp computation at import time would initialise the XLA backend,
+#: after which `jax.distributed.initialize` (forget-jax sweep --distributed) refuses to run.
+LOG_2PI = 1.8378770664093453
 
 
 def log_normal(x: Float[Array, "... k"], mean: Float[Array, " k"], scale: Scalar) -> Float[Array, "..."]:
@@ -43,9 +46,35 @@ def mixture_log_density(
     old_scale: Scalar,
     new_scale: Scalar,
 ) -> Float[Array, "..."]:
-    r"""$\log q(x) = \log(\beta N_o(x) + (1-\beta) N_n(x))$, computed stably with logsumexp."""
+    r"""$\log q(x) = \log(\beta N_o(x) + (1-\beta) N_n(x))$, computed stably with logsumexp.
+
+    Differentiable on the closed interval beta in [0, 1] (`_log_mix`): d log q / d beta =
+    (N_o - N_n) / q stays finite at beta = 0 or 1, where autodiff through log(beta) would give
+    0 * inf = NaN (direct / replicator weights reach beta = 0 when weight_clip = 0; T1 (a)).
+    """
     log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
-    return jnp.logaddexp(jnp.log(old_weight) + log_o, jnp.log1p(-old_weight) + log_n)
+    return _log_mix(old_weight, log_o, log_n)
+
+
+@jax.custom_jvp
+def _log_mix(weight, log_o, log_n):
+    """log(w e^{log_o} + (1 - w) e^{log_n}) with w in [0, 1]."""
+    return jnp.logaddexp(jnp.log(weight) + log_o, jnp.log1p(-weight) + log_n)
+
+
+@_log_mix.defjvp
+def _log_mix_jvp(primals, tangents):
+    r"""d log q = ((N_o - N_n) dw + w N_o d log_o + (1 - w) N_n d log_n) / q, written with the ratios
+    N_k / q = exp(log_k - log q) (capped just below the largest finite float, reached only where
+    w = 0 or 1 and the exact derivative overflows), so no 1/w or 1/(1-w) appears."""
+    weight, log_o, log_n = primals
+    d_weight, d_o, d_n = tangents
+    out = _log_mix(weight, log_o, log_n)
+    cap = jnp.log(jnp.finfo(out.dtype).max) - 2.0
+    ratio_o = jnp.exp(jnp.minimum(log_o - out, cap))
+    ratio_n = jnp.exp(jnp.minimum(log_n - out, cap))
+    tangent = (ratio_o - ratio_n) * d_weight + weight * ratio_o * d_o + (1 - weight) * ratio_n * d_n
+    return out, tangent.astype(out.dtype)
 
 
 def old_responsibility(
