@@ -57,7 +57,7 @@ class Setup:
         overlap_grid: (lo, hi, n) grid along the separation axis for the CRNC25 overlap metrics;
             None places n = 512 points over each target component +- 8 scales.
         adam_b1, adam_b2, adam_eps: Adam constants.
-        x64: run in float64 (requires jax_enable_x64).
+        x64: run in float64 (`train.precision` enables it around the run only).
     """
 
     objective: Objective = "fkl"
@@ -152,20 +152,25 @@ HYPER_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Hyper))
 SETUP_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Setup))
 
 
-def make_hyper(dtype=jnp.float32, **values) -> Hyper:
+def make_hyper(dtype=np.float32, **values) -> Hyper:
     """Build a `Hyper` from keyword values (scalars or equal-length 1-D arrays); unset fields take
     `HYPER_DEFAULTS`. Scalars are broadcast against arrays, so `make_hyper(separation=[2, 4, 6])`
-    is a batch of three configurations."""
+    is a batch of three configurations.
+
+    Leaves are host (NumPy) arrays of `dtype` (seeds int32): they keep float64 precision even
+    before float64 is enabled, and `simulate` moves them to the device under the Setup's precision.
+    """
     unknown = set(values) - set(HYPER_FIELDS)
     if unknown:
         raise ValueError(f"unknown Hyper field(s) {sorted(unknown)}; allowed: {list(HYPER_FIELDS)}")
     merged = {**HYPER_DEFAULTS, **values}
     arrays = {k: np.asarray(v) for k, v in merged.items()}
     shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+    dtype = np.dtype(dtype)
     out = {}
     for k, a in arrays.items():
         a = np.broadcast_to(a, shape)
-        out[k] = jnp.asarray(a, dtype=jnp.int32 if k == "seed" else dtype)
+        out[k] = np.array(a, dtype=np.int32 if k == "seed" else dtype)
     return Hyper(**out)
 
 

@@ -6,6 +6,7 @@ Every function accepts JAX arrays or Python floats and is jit/vmap-compatible un
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -148,19 +149,22 @@ def fkl_weight_zero_time(initial_weight, learning_rate) -> Scalar:
 # T5: local geometry of reverse KL
 
 
+def _precision(x64: bool):
+    """float64 for the duration of a theory computation, without flipping the global switch."""
+    return jax.enable_x64(True) if x64 else contextlib.nullcontext()
+
+
 def _flat_objective(setup: Setup, separation, target_old_weight):
     """L_R as a function of the flat vector theta = (weight parameter, m_o (d), m_n (d)) around
     theta*, using the population objective of objectives/reverse_kl.py itself."""
     from .model import LearnerParams, optimum_params
-    from .objectives import reverse_kl
+    from .objectives.reverse_kl import population_kl
 
     hyper = make_hyper(setup.dtype, separation=separation, target_old_weight=target_old_weight)
     star = optimum_params(hyper, setup)
-    key = jax.random.key(0)
-
     def loss(theta):
         params = LearnerParams(theta[0], theta[1 : 1 + setup.dim], theta[1 + setup.dim :], star.old_scale, star.new_scale)
-        return reverse_kl(params, hyper, setup, key)[0]
+        return population_kl(params, hyper, setup)
 
     theta_star = jnp.concatenate([star.weight[None], star.old_mean, star.new_mean])
     return loss, theta_star, hyper
@@ -170,17 +174,23 @@ def rkl_hessian(separation, target_old_weight, weight_param: str = "logit", dim:
     r"""Hessian of L_R = KL(q_theta || p*) at theta* (population, exact quadrature); equals the
     Fisher information I(theta*) there (T5). theta = (a or beta, m_o, m_n)."""
     setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
-    loss, theta_star, _ = _flat_objective(setup, separation, target_old_weight)
-    return jax.hessian(loss)(theta_star)
+    with _precision(x64):
+        loss, theta_star, _ = _flat_objective(setup, separation, target_old_weight)
+        return jax.hessian(loss)(theta_star)
 
 
 def fisher_information(separation, target_old_weight, weight_param: str = "logit", dim: int = 1,
                        order: int = 96, x64: bool = True) -> Float[Array, "p p"]:
     r"""I(theta*) = E_{p*}[grad log q grad log q^T] at q = p*, by quadrature (T5)."""
+    setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
+    with _precision(x64):
+        return _fisher(setup, separation, target_old_weight, dim, order)
+
+
+def _fisher(setup, separation, target_old_weight, dim, order):
     from .divergence import mixture_expectation
     from .model import LearnerParams, learner_mixture, optimum_params
 
-    setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
     hyper = make_hyper(setup.dtype, separation=separation, target_old_weight=target_old_weight)
     star = optimum_params(hyper, setup)
     theta_star = jnp.concatenate([star.weight[None], star.old_mean, star.new_mean])

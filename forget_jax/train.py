@@ -12,6 +12,7 @@ operation is elementwise across the configuration axis).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
@@ -135,17 +136,29 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     return train
 
 
-def enable_x64_if_needed(setup: Setup) -> None:
-    """float64 runs need jax_enable_x64 (a process-wide switch; float32 runs are unaffected since
-    every array is created with an explicit dtype)."""
-    if setup.x64 and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+def precision(setup: Setup):
+    """Context in which a Setup runs: float64 enabled for `x64` setups (without flipping the
+    process-wide switch), a no-op otherwise. Every array is created with an explicit dtype."""
+    return jax.enable_x64(True) if setup.x64 else contextlib.nullcontext()
 
 
 @lru_cache(maxsize=64)
 def compiled_batch(setup: Setup) -> Callable[[Hyper], Trajectory]:
-    """`jit(vmap(train))` for a Setup: one compiled program per (Setup, batch size)."""
+    """`jit(vmap(train))` for a Setup: one compiled program per (Setup, batch size). Call it
+    inside `precision(setup)`."""
     return jax.jit(jax.vmap(make_train(setup)))
+
+
+@lru_cache(maxsize=64)
+def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
+    return jax.jit(make_train(setup))
+
+
+def _run(fn, setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
+    with precision(setup):
+        hyper = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype), hyper)
+        out = jax.block_until_ready(fn(setup)(hyper))
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
@@ -153,18 +166,9 @@ def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
 
     Returns host arrays: metrics of shape (n, setup.num_logs) and `diverged` of shape (n,).
     """
-    enable_x64_if_needed(setup)
-    out = compiled_batch(setup)(hyper)
-    return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
+    return _run(compiled_batch, setup, hyper)
 
 
 def simulate_one(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
     """Run a single (unbatched) configuration: `jit(train)`."""
-    enable_x64_if_needed(setup)
-    out = _compiled_single(setup)(hyper)
-    return {k: np.asarray(v) for k, v in jax.block_until_ready(out).items()}
-
-
-@lru_cache(maxsize=64)
-def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
-    return jax.jit(make_train(setup))
+    return _run(_compiled_single, setup, hyper)

@@ -25,7 +25,7 @@ from ..config import TRACED_FIELDS, SweepSpec
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
-from ..train import compiled_batch, enable_x64_if_needed
+from ..train import compiled_batch, precision
 from .plan import Block, Plan, block_values, make_plan
 
 _COMPILED: dict = {}
@@ -55,7 +55,11 @@ def run_block(spec: SweepSpec, plan: Plan, block: Block, devices) -> tuple[dict[
     static = {k: values[k][0] for k in spec.axes if k not in TRACED_FIELDS}
     config = spec.with_values(static)
     setup = config.setup()
-    enable_x64_if_needed(setup)
+    with precision(setup):
+        return _run_block(spec, plan, block, devices, setup, config, values, t0)
+
+
+def _run_block(spec, plan, block, devices, setup, config, values, t0):
     n = block.size
     padded = math.ceil(math.prod(plan.chunk_shape) / len(devices)) * len(devices)
     take = np.minimum(np.arange(padded), n - 1)

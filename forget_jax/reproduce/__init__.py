@@ -1,0 +1,117 @@
+"""`forget-jax reproduce`: regenerate the studies of theory.md with PASS/FAIL claims.
+
+Studies (one module each; configurations in `configs/reproduce/<study>.yaml`):
+
+=========  ===================================================================================
+pd1        mass forgetting vs separation: FKL new-only / FKL with replay / RKL (T1-T3, PD1)
+pd2        RKL old-mean drift vs separation: ln delta_max against Delta^2, slope -1/8 (T4, PD2)
+pd3        old-mode starvation: (batch size x replay ratio), ((1-lambda)(1-beta))^B (T6, PD3)
+pd4        FKL replay: beta_infinity = lambda (T2, PD4)
+pd6        FKL weight time courses under direct / logit / replicator updates (T1, PD6)
+rates      RKL convergence rates vs 1 - eta lambda_min(H), stability 2 / lambda_max (T5)
+chen2025   CRNC25's toy: drop / gain of FKL, their surrogate RKL and the exact RKL (section 5)
+=========  ===================================================================================
+
+`run_studies(name, out, quick)` runs the sweeps (independent studies concurrently in threads:
+on a CPU, XLA compilation dominates and is single-threaded), then analyses each study, writes
+`out/figures/*.png|pdf`, `out/report.md` and `out/report.json`, and returns the report dict
+(`passed`, `total`, `claims`, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from .framework import Claim, Context, StoreRecord, ensure_store, study_configs
+
+#: Study names in report order.
+STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd6", "rates", "chen2025")
+
+__all__ = ["STUDY_NAMES", "Claim", "run_studies", "study_module"]
+
+
+def study_module(name: str):
+    if name not in STUDY_NAMES:
+        raise ValueError(f"unknown study {name!r}; choose one of {', '.join(STUDY_NAMES)} or 'all'")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _run_sweeps(name: str, out: Path, quick: bool, progress: bool, verbose: bool):
+    configs = study_configs(name, quick)
+    stores, records = {}, []
+    for store_name, config in configs.items():
+        ds, record = ensure_store(config, out / f"{store_name}.zarr", progress=progress)
+        stores[store_name] = ds
+        records.append(record)
+        _log(verbose, f"  {store_name}: {'reused' if record.reused else 'computed'} "
+                      f"({record.configs} configurations, {record.seconds:.1f} s)")
+    prepare = getattr(study_module(name), "prepare", None)
+    if prepare is not None:  # study-specific precomputation, still in the worker thread
+        prepare(stores)
+    return stores, records
+
+
+def run_studies(name: str, out, quick: bool = False, *, workers: int | None = None,
+                progress: bool = False, verbose: bool = True) -> dict:
+    """Run one study (`name`) or all of them (`"all"`) into the folder `out`.
+
+    Args:
+        name: a study name (see STUDY_NAMES) or "all".
+        out: output folder (stores `<store>.zarr`, `figures/`, `report.md`, `report.json`).
+        quick: reduced grids (the YAML's `quick:` section); about 2-4 minutes for all studies
+            on a 2-core CPU, most of it XLA compilation.
+        workers: studies whose sweeps run concurrently (threads); default min(4, max(2, cpus)).
+        progress: show the sweep runner's progress bars.
+        verbose: one line per store and per study on stderr.
+
+    Returns:
+        The report dict: `passed`, `total`, `failed` (claim ids), `claims` (list of dicts),
+        `studies`, `runtime_s`, ...
+    """
+    from .report import build_report, write_report
+
+    names = list(STUDY_NAMES) if name == "all" else [name]
+    modules = {n: study_module(n) for n in names}
+    for n in names:  # validate every configuration before anything runs
+        study_configs(n, quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    workers = workers or min(4, max(2, os.cpu_count() or 1))
+    order = sorted(names, key=lambda n: -getattr(modules[n], "COST", 1.0))
+    results: dict[str, dict] = {}
+    with ThreadPoolExecutor(max_workers=min(workers, len(names))) as pool:
+        futures = {}
+        for n in order:
+            futures[pool.submit(_run_sweeps, n, out, quick, progress, verbose)] = (n, time.perf_counter())
+        for future in as_completed(futures):
+            n, submitted = futures[future]
+            stores, records = future.result()
+            ctx = Context(study=n, out=out, quick=quick)
+            t0 = time.perf_counter()
+            claims = modules[n].analyze(stores, ctx)
+            declared = set(modules[n].CLAIMS)
+            produced = [c.id for c in claims]
+            if set(produced) != declared or len(produced) != len(declared):
+                raise RuntimeError(f"study {n}: produced claims {sorted(produced)} differ from declared {sorted(declared)}")
+            seconds = sum(r.seconds for r in records) + time.perf_counter() - t0
+            results[n] = dict(name=n, title=modules[n].TITLE, claims=claims, figures=ctx.figures,
+                              stores=records, notes=ctx.notes, seconds=seconds)
+            _log(verbose, f"{n}: {sum(c.passed for c in claims)}/{len(claims)} claims PASS ({seconds:.1f} s)")
+    ordered = [results[n] for n in names]
+    report = build_report(ordered, quick=quick, runtime_s=time.perf_counter() - start, out=out)
+    write_report(report, ordered, out)
+    return report
+
+
+_ = (Claim, StoreRecord)
