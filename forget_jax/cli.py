@@ -133,10 +133,10 @@ def export(
 @app.command()
 def plot(
     store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")],
-    x: Annotated[Optional[str], typer.Option(help="grid field on the x axis (default: first grid axis)")] = None,
+    x: Annotated[Optional[str], typer.Option(help="grid field on the x axis, or 'step' for trajectories (default: the first two grid axes with >1 value give a heatmap, one gives a line plot)")] = None,
     y: Annotated[Optional[str], typer.Option(help="grid field on the y axis (heatmap); omit for a trajectory plot when x is 'step'")] = None,
     var: Annotated[str, typer.Option(help="data variable to plot")] = "old_weight",
-    step: Annotated[str, typer.Option(help="logged step to show: 'last' or an integer step")] = "last",
+    step: Annotated[str, typer.Option(help="'last', 'mean' (over logged steps) or an integer step (the nearest logged step is used)")] = "last",
     sel: Annotated[Optional[list[str]], typer.Option(help="fix a grid axis: field=value (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output image (.png or .pdf); default STORE.<var>.png")] = None,
 ):
