@@ -32,16 +32,21 @@ class SimulationConfig(BaseModel):
     """One simulation configuration (every field has a documented default).
 
     Traced (vmapped, never recompiles): separation, target_*, init_*, replay_ratio, learning_rate,
-    old_lr_scale, new_lr_scale, reward_temperature, seed. Static (each distinct value is a compile
-    group): objective, estimator, sampling, dim, batch_size, steps, log_every, weight_param,
-    optimizer, train_*, quadrature orders, clips, overlap_grid, x64.
+    old_lr_scale, new_lr_scale, reward_temperature, seed, and the method numbers teacher_ema,
+    teacher_anchor, sdft_demo_scale, sdft_is_cap, reward_width, reward_offset, reward_slope,
+    entropic_eta, entropic_kl_budget, kl_penalty, oapl_lag, oapl_beta1, oapl_beta2. Static (each
+    distinct value is a compile group): objective, estimator, sampling, dim, batch_size, steps,
+    log_every, weight_param, optimizer, train_*, quadrature orders, clips, overlap_grid, x64, and
+    the method structure sdft_conditioning, sdft_direction, sdft_demo, reward, adaptive_eta,
+    group_size.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- objective and estimator (static)
-    objective: Literal["fkl", "rkl", "chen2025_fkl", "chen2025_rkl"] = Field(
-        "fkl", description="fkl (SFT) | rkl (on-policy RL) | chen2025_fkl | chen2025_rkl (CRNC25 preset)"
+    objective: Literal["fkl", "rkl", "chen2025_fkl", "chen2025_rkl", "sdft", "ttt_discover", "oapl"] = Field(
+        "fkl", description="fkl (SFT) | rkl (on-policy RL) | chen2025_fkl | chen2025_rkl (CRNC25 preset) | "
+        "sdft | ttt_discover | oapl (methods.md A-C, theory.md T7-T9)"
     )
     estimator: Literal["population", "pathwise", "score"] = Field(
         "population", description="population (exact expectation) | pathwise | score (Monte Carlo)"
@@ -66,6 +71,21 @@ class SimulationConfig(BaseModel):
     scale_min: float = Field(1e-3, gt=0)
     overlap_grid: tuple[float, float, int] | None = None
     x64: bool = False
+    # method structure (static; methods.md A-C)
+    sdft_conditioning: Literal["anchor_component", "anchor_density", "bayes_icl"] = Field(
+        "anchor_component", description="sdft teacher T = Cond(EMA student, demo at mu_n*): anchor_component | "
+        "anchor_density ((1-a) q_phi + a p_c) | bayes_icl (posterior reweighting by the demo)")
+    sdft_direction: Literal["reverse", "forward"] = Field(
+        "reverse", description="sdft loss: reverse KL(q || T) (BK26's analysis) or forward KL(T || q) (SDFT's runs)")
+    sdft_demo: Literal["new", "target"] = Field(
+        "new", description="p_c of sdft_conditioning=anchor_density: p_new* (new) or p* (target)")
+    reward: Literal["quadratic", "linear", "log_new"] = Field(
+        "quadratic", description="ttt_discover / oapl reward: quadratic bump at mu_n* + reward_offset e_1 "
+        "(width reward_width) | linear (reward_slope e_1 . y) | log_new (log p_new*)")
+    adaptive_eta: bool = Field(True, description="ttt_discover: eta per group by bisection to "
+                               "KL(softmax(eta r) || uniform) = entropic_kl_budget; false uses entropic_eta")
+    group_size: int = Field(8, ge=2, le=1_000_000, description="ttt_discover / oapl: samples per group G "
+                            "(batch_size = groups x G)")
 
     # --- traced numbers
     separation: float = Field(4.0, ge=0, le=1e3, description="Mahalanobis distance Delta between the target modes")
@@ -83,6 +103,20 @@ class SimulationConfig(BaseModel):
     old_lr_scale: float = Field(1.0, ge=0, description="learning-rate multiplier of the old group (CRNC25: 0.005)")
     new_lr_scale: float = Field(1.0, ge=0)
     reward_temperature: float = Field(0.1, gt=0, description="CRNC25 REINFORCE_BETA")
+    # method numbers (traced; methods.md A-C)
+    teacher_ema: float = Field(0.01, ge=0, le=1, description="sdft: EMA rate alpha_ema of the teacher weights (paper 0.01)")
+    teacher_anchor: float = Field(0.1, ge=0, le=1, description="sdft: anchor strength a (anchor_component / anchor_density)")
+    sdft_demo_scale: float = Field(1.0, ge=0, description="sdft bayes_icl: demo noise tau_c in rho_k = N(c; m_k, s^2 + tau_c^2)")
+    sdft_is_cap: float = Field(2.0, gt=0, description="sdft forward Monte Carlo: cap C of the weights min(T/q, C)")
+    reward_width: float = Field(1.0, gt=0, description="quadratic reward width rho")
+    reward_offset: float = Field(0.0, description="quadratic reward centre mu_R - mu_n* along e_1")
+    reward_slope: float = Field(1.0, description="linear reward w = reward_slope e_1")
+    entropic_eta: float = Field(2.0, gt=0, le=1e6, description="ttt_discover: fixed eta (adaptive_eta=false)")
+    entropic_kl_budget: float = Field(0.6931471805599453, gt=0, description="ttt_discover: adaptive-eta KL budget (ln 2)")
+    kl_penalty: float = Field(0.0, ge=0, description="ttt_discover: lambda of the KL penalty to q_ref = theta(0)")
+    oapl_lag: float = Field(10.0, ge=1, le=1e9, description="oapl: steps L between syncs of the lagged policy (an integer)")
+    oapl_beta1: float = Field(1.0, gt=0, description="oapl: temperature beta_1 of V_hat = beta_1 log mean exp(r / beta_1)")
+    oapl_beta2: float = Field(1.0, gt=0, description="oapl: KL coefficient beta_2 of the regression (code: 1e-3)")
 
     # --- sweep bookkeeping
     seeds: int = Field(1, ge=1, le=1_000_000, description="number of seeds (a count): seeds seed_offset .. seed_offset+seeds-1")
@@ -119,6 +153,21 @@ class SimulationConfig(BaseModel):
                              f"(train_scales=false, all scales equal); got {scales}")
         if self.estimator == "population" and self.objective.startswith("chen2025"):
             raise ValueError(f"objective={self.objective} is a Monte Carlo estimator; use estimator=score or pathwise")
+        if self.objective in ("sdft", "ttt_discover", "oapl") and self.replay_ratio > 0:
+            raise ValueError(f"replay_ratio={self.replay_ratio} has no meaning under objective={self.objective} "
+                             "(replay is defined for fkl / rkl only); set replay_ratio=0")
+        if self.objective in ("ttt_discover", "oapl"):
+            if self.estimator == "pathwise":
+                raise ValueError(f"estimator='pathwise' is not allowed under objective={self.objective}: "
+                                 "needs estimator=score or population (a policy-gradient / regression loss on samples)")
+            if self.estimator != "population" and self.sampling == "stratified":
+                raise ValueError(f"sampling='stratified' is not allowed under objective={self.objective}: "
+                                 "groups are drawn on-policy (sampling=ancestral)")
+            if self.estimator != "population" and self.batch_size % self.group_size:
+                raise ValueError(f"group_size={self.group_size} must divide batch_size={self.batch_size} "
+                                 f"under objective={self.objective} (batch = groups x group_size)")
+        if not float(self.oapl_lag).is_integer():
+            raise ValueError(f"oapl_lag={self.oapl_lag} must be a whole number of steps")
         del reverse
         return self
 
@@ -135,11 +184,11 @@ BASE_FIELDS = tuple(k for k in SimulationConfig.model_fields if k not in ("grid"
 GRIDDABLE = tuple(k for k in BASE_FIELDS if k not in ("seeds", "seed_offset", "name", "description"))
 STATIC_FIELDS = tuple(k for k in SETUP_FIELDS)
 TRACED_FIELDS = tuple(k for k in HYPER_FIELDS if k != "seed")
-#: Objectives of the issue that are designed (theory.md T7-T9) but not implemented yet.
-PLANNED_OBJECTIVES = frozenset({"sdft", "ttt_discover", "oapl"})
+#: Objectives of the issue that are designed but not implemented yet (sdft, ttt_discover and oapl,
+#: theory.md T7-T9, are implemented: objectives/sdft.py, ttt_discover.py, oapl.py).
 CROSS_FIELDS = frozenset({
     "steps", "log_every", "objective", "replay_ratio", "estimator", "sampling", "dim", "train_scales",
-    "target_old_scale", "target_new_scale", "init_old_scale", "init_new_scale",
+    "target_old_scale", "target_new_scale", "init_old_scale", "init_new_scale", "batch_size", "group_size",
 })
 
 
@@ -157,8 +206,6 @@ def _format_error(err: ValidationError, prefix: str = "") -> str:
         return f"unknown key '{field}'{hint}; allowed keys: {allowed}"
     value = e.get("input")
     if e["type"] == "literal_error":
-        if loc.endswith("objective") and value in PLANNED_OBJECTIVES:
-            return f"{field}={value!r} is not implemented yet: {msg}"
         return f"{field}={value!r} is not allowed: {msg}"
     if isinstance(value, dict) and e["loc"] == ():
         return f"{msg}"

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
 
 from ._types import Array, Float, Scalar
+from .gaussian import _log_mix
 from .model import Mixture
-from .quadrature import expect
+from .quadrature import _hermite_rule, expect
 
 
 def mixture_expectation(
@@ -42,3 +45,41 @@ def soft_misassignment(sample: Mixture, model: Mixture, order: int) -> Scalar:
     the responsibilities.
     """
     return expect(lambda x: 1.0 - model.old_responsibility(x), sample.old_mean, sample.old_scale, order)
+
+
+def _log_rule(order: int, k: int, dtype) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
+    """Standard-normal Gauss-Hermite nodes and *log* weights (taken in float64, so the extreme
+    nodes' weights (~1e-100 at order 64) stay finite in float32)."""
+    nodes, weights = _hermite_rule(order, k)
+    return jnp.asarray(nodes, dtype=dtype), jnp.asarray(np.log(weights), dtype=dtype)
+
+
+def log_mean_exp(mixture: Mixture, fn: Callable[[Float[Array, "n k"]], Float[Array, " n"]], order: int) -> Scalar:
+    r"""$\log E_{x \sim \text{mixture}}[e^{fn(x)}]$ by Gauss-Hermite quadrature, in log space.
+
+    Per component $\log E_{N_k}[e^{fn}] = \text{logsumexp}_j(\log w_j + fn(m_k + s_k z_j))$, combined
+    with the weight through gaussian.py's `_log_mix` (finite derivative at beta in {0, 1}).
+    Differentiable in every mixture parameter (reparameterised nodes). Used for the entropic
+    utility log E_q[e^{eta R}] (methods.md B) and V* = beta_1 log E_{q_lag}[e^{r / beta_1}] (C).
+    """
+    k = mixture.old_mean.shape[-1]
+    nodes, log_w = _log_rule(order, k, mixture.old_mean.dtype)
+
+    def component(mean, scale):
+        return logsumexp(log_w + fn(mean + scale * nodes))
+
+    return _log_mix(mixture.old_weight, component(mixture.old_mean, mixture.old_scale),
+                    component(mixture.new_mean, mixture.new_scale))
+
+
+def mixture_nodes(mixture: Mixture, order: int) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
+    r"""All 2 n^k quadrature points of a mixture and their log weights (log beta + log w_j for the
+    old component, log(1 - beta) + log w_j for the new): the discrete distribution whose
+    expectations are those of `mixture_expectation`. For quantities that need the whole node
+    distribution at once (the population adaptive eta of methods.md B); no gradient intended."""
+    k = mixture.old_mean.shape[-1]
+    nodes, log_w = _log_rule(order, k, mixture.old_mean.dtype)
+    points = jnp.concatenate([mixture.old_mean + mixture.old_scale * nodes, mixture.new_mean + mixture.new_scale * nodes])
+    beta = mixture.old_weight
+    log_weights = jnp.concatenate([jnp.log(beta) + log_w, jnp.log1p(-beta) + log_w])
+    return points, log_weights

@@ -21,11 +21,15 @@ import numpy as np
 
 from ._types import Array, Int, Scalar
 
-Objective = Literal["fkl", "rkl", "chen2025_fkl", "chen2025_rkl"]
+Objective = Literal["fkl", "rkl", "chen2025_fkl", "chen2025_rkl", "sdft", "ttt_discover", "oapl"]
 Estimator = Literal["population", "pathwise", "score"]
 Sampling = Literal["ancestral", "stratified"]
 WeightParam = Literal["logit", "direct", "replicator"]
 Optimizer = Literal["sgd", "adam"]
+SdftConditioning = Literal["anchor_component", "anchor_density", "bayes_icl"]
+SdftDirection = Literal["reverse", "forward"]
+SdftDemo = Literal["new", "target"]
+Reward = Literal["quadratic", "linear", "log_new"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,10 @@ class Setup:
 
     Attributes:
         objective: `fkl` (SFT, KL(p_train || q)), `rkl` (on-policy RL, KL(q || p*)), or CRNC25's
-            `chen2025_fkl` / `chen2025_rkl` estimators (theory.md section 5).
+            `chen2025_fkl` / `chen2025_rkl` estimators (theory.md section 5), or the methods of
+            methods.md A-C in the mixture: `sdft` (self-distillation to an EMA teacher, T7),
+            `ttt_discover` (entropic utility with leave-one-out weights, T8), `oapl` (squared
+            optimal-advantage regression on lagged-policy samples, T9).
         estimator: `population` (exact expectation by Gauss-Hermite quadrature, no sampling noise),
             `pathwise` (Monte Carlo, reparameterised within components) or `score`
             (Monte Carlo, score function with a leave-one-out baseline). For FKL the data do not
@@ -58,6 +65,17 @@ class Setup:
             None places n = 512 points over each target component +- 8 scales.
         adam_b1, adam_b2, adam_eps: Adam constants.
         x64: run in float64 (`train.precision` enables it around the run only).
+        sdft_conditioning: SDFT teacher operator T = Cond(q_phi, demo) (methods.md A, theory.md T7):
+            `anchor_component` (teacher's new mean pulled toward mu_n*), `anchor_density`
+            (T = (1 - a) q_phi + a p_c) or `bayes_icl` (posterior reweighting by a demo at mu_n*).
+        sdft_direction: `reverse` (E_q[log q - log T], BK26's analysis) or `forward`
+            (E_T[log T - log q], what the SDFT runs used).
+        sdft_demo: p_c of `anchor_density`: `new` (p_new*, a forgetting stress test) or `target` (p*).
+        reward: reward preset of `ttt_discover` / `oapl` (methods.md B, C): `quadratic` bump
+            -|y - mu_R|^2 / (2 rho^2), `linear` w . y, or `log_new` = log p_new*(y).
+        adaptive_eta: TTT-Discover's per-group eta by bisection to KL(softmax(eta r) || U) = budget
+            (population: KL(q_eta || q) = budget); False uses the traced `entropic_eta`.
+        group_size: G, samples per group of `ttt_discover` / `oapl`; batch_size = groups x G.
     """
 
     objective: Objective = "fkl"
@@ -82,10 +100,27 @@ class Setup:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     x64: bool = False
+    sdft_conditioning: SdftConditioning = "anchor_component"
+    sdft_direction: SdftDirection = "reverse"
+    sdft_demo: SdftDemo = "new"
+    reward: Reward = "quadratic"
+    adaptive_eta: bool = True
+    group_size: int = 8
 
     @property
     def dtype(self):
         return jnp.float64 if self.x64 else jnp.float32
+
+    def __post_init__(self):
+        if (self.objective in ("ttt_discover", "oapl") and self.estimator != "population"
+                and (self.group_size < 2 or self.batch_size % self.group_size)):
+            raise ValueError(f"objective={self.objective} needs group_size >= 2 dividing batch_size "
+                             f"(got group_size={self.group_size}, batch_size={self.batch_size})")
+
+    @property
+    def num_groups(self) -> int:
+        """Groups per batch of the grouped objectives (`ttt_discover`, `oapl`)."""
+        return self.batch_size // self.group_size
 
     @property
     def num_logs(self) -> int:
@@ -109,6 +144,13 @@ class Hyper(eqx.Module):
     when s_o = s_n. The learner starts at beta(0) = init_old_weight,
     m_o(0) = mu_o* + init_old_offset e_1 and m_n(0) = mu_n* + init_new_offset e_1 (offsets in the
     units of x, along the separation axis).
+
+    Method knobs (methods.md A-C; ignored by the other objectives): `teacher_ema` (SDFT alpha_ema),
+    `teacher_anchor` (SDFT anchor strength a), `sdft_demo_scale` (bayes_icl demo noise tau_c),
+    `sdft_is_cap` (forward Monte Carlo weight cap C), `reward_width` (rho), `reward_offset`
+    (mu_R - mu_n* along e_1), `reward_slope` (w = slope e_1 of the linear reward), `entropic_eta`
+    (fixed TTT eta), `entropic_kl_budget` (adaptive-eta KL budget, ln 2), `kl_penalty` (TTT
+    lambda to q_ref = theta(0)), `oapl_lag` (L, steps between syncs), `oapl_beta1`, `oapl_beta2`.
     """
 
     separation: Scalar
@@ -126,6 +168,19 @@ class Hyper(eqx.Module):
     old_lr_scale: Scalar
     new_lr_scale: Scalar
     reward_temperature: Scalar
+    teacher_ema: Scalar
+    teacher_anchor: Scalar
+    sdft_demo_scale: Scalar
+    sdft_is_cap: Scalar
+    reward_width: Scalar
+    reward_offset: Scalar
+    reward_slope: Scalar
+    entropic_eta: Scalar
+    entropic_kl_budget: Scalar
+    kl_penalty: Scalar
+    oapl_lag: Scalar
+    oapl_beta1: Scalar
+    oapl_beta2: Scalar
     seed: Int[Array, ""]
 
 
@@ -145,6 +200,19 @@ HYPER_DEFAULTS: dict[str, float] = dict(
     old_lr_scale=1.0,
     new_lr_scale=1.0,
     reward_temperature=0.1,
+    teacher_ema=0.01,
+    teacher_anchor=0.1,
+    sdft_demo_scale=1.0,
+    sdft_is_cap=2.0,
+    reward_width=1.0,
+    reward_offset=0.0,
+    reward_slope=1.0,
+    entropic_eta=2.0,
+    entropic_kl_budget=0.6931471805599453,
+    kl_penalty=0.0,
+    oapl_lag=10.0,
+    oapl_beta1=1.0,
+    oapl_beta2=1.0,
     seed=0,
 )
 

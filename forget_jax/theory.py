@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
 from ._types import Array, Float, Scalar
-from .gaussian import bhattacharyya_coefficient
+from .gaussian import LOG_2PI, bhattacharyya_coefficient
 from .spec import Setup, make_hyper
 
 # ---------------------------------------------------------------------------------------------
@@ -230,3 +230,223 @@ def separated_limit_fisher(target_old_weight, weight_param: str = "logit") -> Fl
 def rkl_drift_envelope(min_separation) -> Scalar:
     r"""exp(-Delta_min^2 / 8): the overlap scale of the reverse-KL old-mean drift (T4)."""
     return bhattacharyya(min_separation)
+
+
+# ---------------------------------------------------------------------------------------------
+# T7-T9: SDFT, TTT-Discover and OAPL in the mixture lens (methods.md sections 0, A-D [PROPOSAL]).
+# Conventions: component N(m, s^2 I_d); weights are old weights beta; logit = log(beta/(1-beta)).
+# "Separated limit": the components of every mixture involved coincide (or are far apart), so
+# KL between two such mixtures reduces to the KL of their weights (overlap corrections O(BC)).
+
+
+def _logit(beta):
+    beta = jnp.asarray(beta)
+    return jnp.log(beta) - jnp.log1p(-beta)
+
+
+# --- tilts and their mass factors (methods.md section 0) -------------------------------------
+
+
+def log_mass_factor_quadratic(mean, center, width, eta, scale) -> Scalar:
+    r"""log M = log E_{y ~ N(m, s^2 I_d)}[e^{eta R(y)}] for R(y) = -|y - mu|^2 / (2 rho^2)
+    (methods.md section 0 with alpha = 1 / (2 rho^2), a = eta alpha):
+    M = (1 + 2 a s^2)^{-d/2} exp(-a |m - mu|^2 / (1 + 2 a s^2))."""
+    m, mu = jnp.atleast_1d(jnp.asarray(mean)), jnp.atleast_1d(jnp.asarray(center))
+    d = m.shape[-1]
+    a = jnp.asarray(eta) / (2 * jnp.square(width))
+    c = 1 + 2 * a * jnp.square(scale)
+    return -0.5 * d * jnp.log(c) - a * jnp.sum(jnp.square(m - mu), axis=-1) / c
+
+
+def log_mass_factor_linear(mean, slope, eta, scale) -> Scalar:
+    r"""log M = log E_{N(m, s^2 I)}[e^{eta w . y}] = eta w . m + eta^2 s^2 |w|^2 / 2 (methods.md section 0)."""
+    m, w = jnp.atleast_1d(jnp.asarray(mean)), jnp.atleast_1d(jnp.asarray(slope))
+    eta = jnp.asarray(eta)
+    return eta * jnp.sum(w * m, axis=-1) + 0.5 * jnp.square(eta * scale) * jnp.sum(jnp.square(w), axis=-1)
+
+
+def log_mass_factor_log_new(mean, new_mean, new_scale, eta, scale) -> Scalar:
+    r"""log M for R = log N(y; mu_n*, s_n^2 I) = -|y - mu_n*|^2 / (2 s_n^2) - d log(s_n sqrt(2 pi)):
+    the quadratic factor with rho = s_n times e^{-eta d log(s_n sqrt(2 pi))}."""
+    d = jnp.atleast_1d(jnp.asarray(mean)).shape[-1]
+    const = -d * (jnp.log(new_scale) + 0.5 * LOG_2PI)
+    return jnp.asarray(eta) * const + log_mass_factor_quadratic(mean, new_mean, new_scale, eta, scale)
+
+
+
+def tilted_mean_quadratic(mean, center, width, eta, scale):
+    r"""Mean of N(m, s^2 I) e^{eta R} / M for the quadratic reward: (m + 2 a s^2 mu) / (1 + 2 a s^2)
+    (variance s^2 / (1 + 2 a s^2): the tilt leaves the fixed-scale family)."""
+    a = jnp.asarray(eta) / (2 * jnp.square(width))
+    c = 1 + 2 * a * jnp.square(scale)
+    return (jnp.asarray(mean) + 2 * a * jnp.square(scale) * jnp.asarray(center)) / c
+
+
+def tilted_mean_linear(mean, slope, eta, scale):
+    r"""Mean of N(m, s^2 I) e^{eta w . y} / M: m + eta s^2 w (same variance: the tilt is realisable)."""
+    return jnp.asarray(mean) + jnp.asarray(eta) * jnp.square(scale) * jnp.asarray(slope)
+
+
+def tilt_logit(logit_weight, log_m_old, log_m_new) -> Scalar:
+    r"""Mixture tilt q e^{eta R} / Z: logit beta' = logit beta + log(M_o / M_n) (methods.md section 0;
+    T8 per step, T9 per sync with eta = 1 / beta, SDFT `bayes_icl` with M_k = rho_k)."""
+    return jnp.asarray(logit_weight) + jnp.asarray(log_m_old) - jnp.asarray(log_m_new)
+
+
+def tilt_weight(old_weight, log_m_old, log_m_new) -> Scalar:
+    r"""beta' = beta M_o / (beta M_o + (1 - beta) M_n), the tilt of `tilt_logit` as a weight."""
+    return jax.nn.sigmoid(tilt_logit(_logit(old_weight), log_m_old, log_m_new))
+
+
+def tilt_recursion(init_weight, log_m_old, log_m_new, rounds: int) -> Float[Array, " k"]:
+    r"""beta_k for k = 0..rounds of the repeated tilt with constant mass factors:
+    logit beta_k = logit beta_0 + k log(M_o / M_n) (T8 per step; T9 per sync; mass forgetting iff
+    the cumulative tilt is unbounded, i.e. M_n > M_o)."""
+    k = jnp.arange(rounds + 1)
+    return jax.nn.sigmoid(_logit(init_weight) + k * (jnp.asarray(log_m_old) - jnp.asarray(log_m_new)))
+
+
+def entropic_logit_gradient(old_weight, log_m_old, log_m_new) -> Scalar:
+    r"""d J / d logit beta for J = log E_q[e^{eta R}] = log(beta M_o + (1 - beta) M_n) at fixed
+    components: beta_tilt - beta (exact, any overlap). One logit-GD step of TTT-Discover (population,
+    lambda = 0) moves logit beta by lr (beta_tilt - beta), *toward* the tilt, not to it."""
+    return tilt_weight(old_weight, log_m_old, log_m_new) - jnp.asarray(old_weight)
+
+
+def kl_anchored_fixed_point(reference_weight, log_m_old, log_m_new) -> Scalar:
+    r"""theory.md T8: the maximiser of E_q[R] - (1/eta) KL(q || q_ref) is q_ref e^{eta R} / Z, so
+    beta_inf = beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) (M_k under q_ref's components).
+    With a constant reward gap dR = R_n - R_o: beta_ref / (beta_ref + (1 - beta_ref) e^{eta dR})."""
+    return tilt_weight(reference_weight, log_m_old, log_m_new)
+
+
+def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, iterations: int = 200) -> Scalar:
+    r"""Stationary old weight of TTT-Discover's actual objective J - lambda KL(q || q_ref),
+    J = log E_q[e^{eta R}] (methods.md B step 4; lambda not scaled by 1/eta), at fixed components
+    equal to q_ref's, separated limit [R, derived here]:
+
+        d J / d logit beta = beta (1 - beta) (M_o - M_n) / (beta M_o + (1 - beta) M_n),
+        d KL / d logit beta = beta (1 - beta) (logit beta - logit beta_ref),
+
+    so the fixed point solves (r - 1) / (beta (r - 1) + 1) = lambda (logit beta - logit beta_ref),
+    r = M_o / M_n (left side decreasing, right side increasing in logit beta: unique; bisection).
+    It is NOT the Gibbs point `kl_anchored_fixed_point`: the left side is bounded by
+    [1 - 1/r, r - 1], so for a large gap (r -> 0) logit beta_inf -> logit beta_ref - 1/(lambda (1 - beta)),
+    not logit beta_ref + log r. They agree to first order in log r when lambda = 1. Needs
+    lambda > 0 (without the anchor beta -> 0 whenever M_n > M_o: `tilt_recursion`).
+    """
+    r = jnp.exp(jnp.asarray(log_m_old) - jnp.asarray(log_m_new))
+    a_ref = _logit(reference_weight)
+    lam = jnp.asarray(kl_penalty)
+    lo = a_ref + jnp.minimum(jnp.minimum(r - 1, 1 - 1 / r), 0.0) / lam - 1.0
+    hi = a_ref + jnp.maximum(jnp.maximum(r - 1, 1 - 1 / r), 0.0) / lam + 1.0
+
+    def h(a):
+        b = jax.nn.sigmoid(a)
+        return (r - 1) / (b * (r - 1) + 1) - lam * (a - a_ref)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        positive = h(mid) > 0
+        return jnp.where(positive, mid, lo), jnp.where(positive, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, body, (lo, hi))
+    return jax.nn.sigmoid(0.5 * (lo + hi))
+
+
+def adaptive_eta(rewards, budget=math.log(2.0)) -> Scalar:
+    r"""TTT-Discover's adaptive eta per group (rewards of shape (..., G)):
+    KL(softmax(eta r) || Uniform_G) = budget (methods.md B step 1); the engine's own solver."""
+    from .objectives.ttt_discover import group_eta
+
+    return group_eta(jnp.asarray(rewards), budget)
+
+
+# --- starvation per group (T9) ----------------------------------------------------------------
+
+
+def group_starvation_probability(lagged_weight, group_size) -> Scalar:
+    r"""P(a group of G draws from q_lag holds no old-mode sample) = (1 - beta_lag)^G (T9; D6 with
+    lambda = 0)."""
+    return starvation_probability(lagged_weight, 0.0, group_size)
+
+
+# --- OAPL (T9) -------------------------------------------------------------------------------
+
+
+def oapl_sync_logit(lagged_logit, log_m_old, log_m_new) -> Scalar:
+    r"""T9: sync k moves the target to q_lag,k e^{r / beta} / Z, so (with beta_1 = beta_2 = beta, a
+    realisable tilt and convergence within the lag) logit beta_{k+1} = logit beta_k + log(M_o / M_n),
+    M_z = E_{N_z(theta_lag,k)}[e^{r / beta}] (use the log_mass_factor_* with eta = 1 / beta)."""
+    return tilt_logit(lagged_logit, log_m_old, log_m_new)
+
+
+# --- SDFT (T7) -------------------------------------------------------------------------------
+
+
+def sdft_anchor_density_weight(teacher_weight, anchor, demo_old_weight=0.0) -> Scalar:
+    r"""Old weight of T = (1 - a) q_phi + a p_c in the separated limit (p_c's components at q_phi's):
+    beta_T = (1 - a) beta_phi + a beta_c, beta_c = 0 for p_new*, beta* for p* (T7 Examples A, B)."""
+    a = jnp.asarray(anchor)
+    return (1 - a) * jnp.asarray(teacher_weight) + a * jnp.asarray(demo_old_weight)
+
+
+def sdft_bayes_icl_log_odds(demo, old_mean, new_mean, old_scale, new_scale, demo_scale) -> Scalar:
+    r"""log(rho_o / rho_n), rho_k = N(c; m_k, (s_k^2 + tau_c^2) I) (T7 Example C; methods.md A op. 4):
+    logit beta_T = logit beta_phi + log(rho_o / rho_n)."""
+    from .gaussian import log_normal
+
+    c = jnp.atleast_1d(jnp.asarray(demo))
+    tau2 = jnp.square(demo_scale)
+    return (log_normal(c, jnp.atleast_1d(jnp.asarray(old_mean)), jnp.sqrt(jnp.square(old_scale) + tau2))
+            - log_normal(c, jnp.atleast_1d(jnp.asarray(new_mean)), jnp.sqrt(jnp.square(new_scale) + tau2)))
+
+
+def sdft_bayes_icl_weight(teacher_weight, log_odds) -> Scalar:
+    r"""beta_T = beta_phi rho_o / (beta_phi rho_o + (1 - beta_phi) rho_n), log_odds = log(rho_o / rho_n)
+    from `sdft_bayes_icl_log_odds` (the tilt of `tilt_weight` with M_k = rho_k)."""
+    return tilt_weight(teacher_weight, log_odds, 0.0)
+
+
+def sdft_refresh_weights(init_weight, anchor, refreshes: int, demo_old_weight=0.0) -> Float[Array, " k"]:
+    r"""Evolving teacher T_k = (1 - a) q_k + a p_c with the student fully converged to T_k before the
+    next refresh (T7 Example A): beta_{k+1} = (1 - a) beta_k + a beta_c, i.e.
+    beta_k = beta_c + (1 - a)^k (beta_0 - beta_c); geometric mass forgetting for p_c = p_new*."""
+    k = jnp.arange(refreshes + 1)
+    b_c = jnp.asarray(demo_old_weight)
+    return b_c + jnp.power(1 - jnp.asarray(anchor), k) * (jnp.asarray(init_weight) - b_c)
+
+
+def sdft_anchored_weight(init_weight, anchor, demo_old_weight=0.0) -> Scalar:
+    r"""Anchored (frozen) teacher T = (1 - a) q_0 + a p_c: beta_inf = (1 - a) beta_0 + a beta_c (T7 Example B)."""
+    return sdft_anchor_density_weight(init_weight, anchor, demo_old_weight)
+
+
+def sdft_ema_weights(steps: int, init_weight, learning_rate, ema, teacher_map, direction: str = "reverse",
+                     ) -> Float[Array, " T"]:
+    r"""beta_theta(t), t = 0..steps, of SDFT's coupled student / EMA-teacher dynamics in the separated
+    limit with the components of student, teacher and demo coinciding (means at truth), logit GD
+    and the EMA in logit space (methods.md A):
+
+        a_{t+1}   = a_t - lr g(a_t, logit beta_T(sigmoid(phi_t))),   phi_{t+1} = (1 - alpha) phi_t + alpha a_{t+1},
+
+    with g = d KL / d a: beta (1 - beta)(a - a_T) for `reverse` KL(q || T), beta - beta_T for
+    `forward` KL(T || q). `teacher_map`: beta_phi -> beta_T (sdft_anchor_density_weight, the
+    bayes_icl tilt, or identity for anchor_component). For a fast student (lr >> alpha) beta
+    tracks beta_T and the teacher logit moves by alpha (logit beta_T - phi) per step: one
+    effective refresh of `sdft_refresh_weights` per 1 / alpha steps.
+    """
+    a0 = _logit(init_weight)
+
+    def step(carry, _):
+        a, phi = carry
+        beta = jax.nn.sigmoid(a)
+        beta_t = teacher_map(jax.nn.sigmoid(phi))
+        grad = beta * (1 - beta) * (a - _logit(beta_t)) if direction == "reverse" else beta - beta_t
+        a = a - learning_rate * grad
+        phi = (1 - ema) * phi + ema * a
+        return (a, phi), jax.nn.sigmoid(a)
+
+    _, betas = jax.lax.scan(step, (a0, a0), None, length=steps)
+    return jnp.concatenate([jnp.atleast_1d(jax.nn.sigmoid(a0)), betas])

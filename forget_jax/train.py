@@ -91,7 +91,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
             grad_fn = jax.grad(evaluate, has_aux=True)
             grads, estimate = grad_fn(state.params, hyper, jax.random.fold_in(key, t), state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
-            finite = _all_finite(params) & jnp.isfinite(estimate.loss)
+            finite = _all_finite(params)  # a non-finite loss makes the gradient, hence theta, non-finite
             companion = state.companion
             if update_companion is not None:
                 companion = update_companion(companion, params, t + 1, hyper, setup)

@@ -60,3 +60,19 @@ def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixtu
 
 def stop_gradient_mixture(m: Mixture) -> Mixture:
     return jax.lax.stop_gradient(m)
+
+
+def sample_ancestral(mixture: Mixture, key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
+    """B ancestral draws of a two-component mixture (regime (i) of methods.md section 0): label
+    z ~ Bern(beta) (True = old component), then x ~ N_z. Returns (x, is_old); pass a
+    stop-gradient mixture for on-policy samples that are not a function of theta."""
+    k_label, k_eps = jax.random.split(key)
+    eps = standard_normal(k_eps, setup)
+    is_old = bernoulli(k_label, mixture.old_weight, setup)
+    x = jnp.where(is_old[:, None], mixture.old_mean + mixture.old_scale * eps, mixture.new_mean + mixture.new_scale * eps)
+    return x, is_old
+
+
+def project_frame(setup: Setup) -> tuple[Float[Array, "d 1"], Float[Array, " d"]]:
+    """(basis, origin) of `population_frame`: e_1 and the origin."""
+    return axis(setup.dim, setup.dtype)[:, None], jnp.zeros((setup.dim,), setup.dtype)

@@ -36,10 +36,31 @@ def population_kl(params: LearnerParams, hyper: Hyper, setup: Setup) -> Scalar:
     return kl_divergence(q_proj, p_proj, setup.quadrature_order)
 
 
+def population_reverse_kl(q: Mixture, target, order: int) -> Scalar:
+    r"""Surrogate for KL(q || target) by quadrature under q (both already in the population frame).
+
+    value = KL(q || target); gradient = sum_k grad(pi_k) E_k[f] + E[grad_x f dx/dtheta] with
+    f = log q - log target: the term E_q[grad_theta log q_theta(x)] at fixed x is 0 analytically
+    and is dropped rather than left to quadrature error, so the gradient vanishes exactly where
+    q = target (T3). `target` is anything with `log_prob` (a Mixture or the SDFT teacher); it is
+    not differentiated.
+    """
+    q_fixed = sg(q)
+    return mixture_expectation(q, lambda x: q_fixed.log_prob(x) - target.log_prob(x), order)
+
+
 def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc."""
-    q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
+    return reverse_kl_to(learner_mixture(params, setup), target, setup, key, hyper.replay_ratio, old_task(target))
+
+
+def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ratio: Scalar | None = None,
+                  p_old: Mixture | None = None) -> tuple[Scalar, Estimate]:
+    """Surrogate whose gradient estimates grad KL(q || target) for any fixed `target` with
+    `log_prob` and `project` (p* for `rkl`, the SDFT teacher for `sdft`): population, or Monte
+    Carlo pathwise / score, ancestral / stratified (module doc). Replay (T6) only when
+    `replay_ratio` and `p_old` are given (score, ancestral)."""
     one = jnp.ones((), setup.dtype)
     false = jnp.zeros((), bool)
 
@@ -48,13 +69,7 @@ def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
 
     if setup.estimator == "population":
         q_proj, p_proj = population_frame((q, target), setup)
-        q_fixed = sg(q_proj)
-        # value = KL(q || p*) by quadrature; gradient = sum_k grad(pi_k) E_k[f] + E[grad_x f dx/dtheta]:
-        # the term E_q[grad_theta log q_theta(x)] at fixed x is 0 analytically and is dropped rather
-        # than left to quadrature error, so the gradient vanishes exactly where q = p* (T3).
-        surrogate = mixture_expectation(
-            q_proj, lambda x: q_fixed.log_prob(x) - p_proj.log_prob(x), setup.quadrature_order
-        )
+        surrogate = population_reverse_kl(q_proj, p_proj, setup.quadrature_order)
         return surrogate, Estimate(sg(surrogate), false, one)
 
     k_replay, k_label, k_eps = jax.random.split(key, 3)
@@ -90,10 +105,15 @@ def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
         return surrogate, Estimate(sg(jnp.mean(fx)), ~jnp.any(is_old), one)
 
     # score function, ancestral, optionally through the replay proposal (T6)
-    p_old = old_task(target)
-    replayed = bernoulli(k_replay, hyper.replay_ratio, setup)
+    if replay_ratio is None or p_old is None:
+        x = sg(x)
+        fx = sg(f(x))
+        advantage = fx - leave_one_out_mean(fx)
+        surrogate = jnp.mean(advantage * q.log_prob(x))
+        return surrogate, Estimate(jnp.mean(fx), ~jnp.any(is_old), one)
+    replayed = bernoulli(k_replay, replay_ratio, setup)
     x = sg(jnp.where(replayed[:, None], p_old.old_mean + p_old.old_scale * eps, x))
-    omega = sg(jnp.exp(replay_log_weight(q, p_old, x, hyper.replay_ratio)))
+    omega = sg(jnp.exp(replay_log_weight(q, p_old, x, replay_ratio)))
     fx = sg(f(x))
     advantage = omega * (fx - leave_one_out_mean(fx, omega))
     surrogate = jnp.mean(advantage * q.log_prob(x))

@@ -1,0 +1,83 @@
+"""OAPL (Ritter et al. 2026, "LLMs Can Learn to Reason Via Off-Policy RL") in the two-mode mixture:
+methods.md C "Translation into the two-mode mixture" [PROPOSAL], theory.md T9.
+
+State. The companion of `train.TrainState` is the lagged inference policy theta_lag. It starts at
+theta(0) and is re-synced to theta every L = `oapl_lag` optimiser steps (after steps L, 2L, ...):
+companion = where(step % L == 0, theta, companion).
+
+Loss (squared optimal-advantage regression, no importance sampling; the code's
+`compute_policy_loss`), per group of G samples y_i ~ q_lag with rewards r_i = R(y_i)
+(objectives/reward.py presets):
+
+    V_hat = beta_1 log mean_i e^{r_i / beta_1}                       (per group)
+    L(theta) = mean_i (beta_2 [log q_theta(y_i) - sg(log q_lag(y_i))] - (r_i - V_hat))^2
+
+beta_1 = `oapl_beta1`, beta_2 = `oapl_beta2`. With beta_1 = beta_2 = beta and a realisable
+tilt, the population minimiser is q* = q_lag e^{r / beta} / Z (theory.md T9), whose old weight has
+logit beta_lag + log(M_o / M_n), M_k = E_{N_k(theta_lag)}[e^{r / beta}]: mass changes once per
+sync, not per gradient step. The tilt is realisable in the fixed-scale family for the linear
+reward (components shift by s^2 w / beta); the quadratic and log_new rewards also shrink the
+component variance (methods.md section 0), so with fixed scales the regression is a projection
+and the recursion holds only approximately.
+
+Sampling. Each step draws a *fresh* batch (num_groups x G, ancestral) from the current q_lag;
+the paper reuses one batch drawn at each sync for the whole lag. Both have the same
+distribution; fresh draws remove the reuse correlation (an acceptable simplification: the
+off-policyness -- samples from a policy up to L steps old -- is kept). Estimate.starved is True
+when the batch holds no old-mode sample of q_lag (with one group per batch its probability is
+(1 - beta_lag)^G, theory.md T9).
+
+`population`: the expectation over q_lag by Gauss-Hermite quadrature and V* = beta_1 log
+E_{q_lag}[e^{r / beta_1}] exactly. `pathwise` is not offered (the samples do not depend on theta).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from .._types import PRNGKeyArray, Scalar
+from ..divergence import log_mean_exp, mixture_expectation
+from ..model import LearnerParams, learner_mixture
+from ..spec import Hyper, Setup
+from ._common import Estimate, population_frame, project_frame, sample_ancestral
+from .reward import reward_function
+
+sg = jax.lax.stop_gradient
+
+
+def oapl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+         companion: LearnerParams) -> tuple[Scalar, Estimate]:
+    """Surrogate (= the regression loss itself) on lagged-policy samples; see module doc."""
+    q = learner_mixture(params, setup)
+    lag = sg(learner_mixture(companion, setup))
+    reward = reward_function(hyper, setup)
+    b1, b2 = hyper.oapl_beta1, hyper.oapl_beta2
+    one = jnp.ones((), setup.dtype)
+
+    if setup.estimator == "population":
+        q_p, lag_p = population_frame((q, lag), setup)
+        r_p = reward.project(*project_frame(setup))
+        value = b1 * log_mean_exp(lag_p, lambda x: r_p(x) / b1, setup.quadrature_order)
+
+        def residual_sq(x):
+            return jnp.square(b2 * (q_p.log_prob(x) - lag_p.log_prob(x)) - (r_p(x) - value))
+
+        loss = mixture_expectation(lag_p, residual_sq, setup.quadrature_order)
+        return loss, Estimate(sg(loss), jnp.zeros((), bool), one)
+
+    x, is_old = sample_ancestral(lag, key, setup)
+    rewards = reward(x).reshape(setup.num_groups, setup.group_size)
+    value = b1 * (logsumexp(rewards / b1, axis=-1, keepdims=True) - jnp.log(setup.group_size))
+    advantage = (rewards - value).reshape(-1)
+    ell = q.log_prob(x) - lag.log_prob(x)
+    loss = jnp.mean(jnp.square(b2 * ell - advantage))
+    return loss, Estimate(sg(loss), ~jnp.any(is_old), one)
+
+
+def sync_lagged_policy(companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup) -> LearnerParams:
+    """theta_lag <- theta after every L-th step (step = number of steps done)."""
+    lag = jnp.maximum(jnp.round(hyper.oapl_lag), 1.0).astype(jnp.int32)
+    sync = jnp.mod(step, lag) == 0
+    return jax.tree.map(lambda c, p: jnp.where(sync, p, c), companion, params)
