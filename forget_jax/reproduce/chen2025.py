@@ -99,15 +99,22 @@ def analyze(stores, ctx: Context):
     # 2. final drop across the position sweep
     rows, ok = [], True
     for k in keys:
-        a, sa = _mean_se(runs[k][("chen2025_fkl", 0.15)]["drop"][:, -1:])
-        b, sb = _mean_se(runs[k][("chen2025_rkl", 0.01)]["drop"][:, -1:])
-        rows.append((positions[k], float(a[0]), float(b[0])))
-        ok &= bool(a[0] - b[0] > 2 * np.hypot(sa[0], sb[0]))
+        fkl = runs[k][("chen2025_fkl", 0.15)]["drop"][:, -1]
+        rkl = runs[k][("chen2025_rkl", 0.01)]["drop"][:, -1]
+        below = int(np.sum(rkl < np.median(fkl)))
+        rows.append((positions[k], float(np.median(fkl)), float(np.median(rkl)), below, len(rkl)))
+        ok &= bool(np.median(rkl) < np.median(fkl) and below >= 0.75 * len(rkl))
     claims.append(ctx.claim(
         "final_drop_sweep", "Across CRNC25's sweep of the target new-mode position, the final drop of SFT (lr 0.15) exceeds "
-        "that of their RL surrogate (lr 0.01).", "CRNC25 (sweep.py, mean_dist figure)", "drop_FKL(T) > drop_RKL(T) at every position",
-        "; ".join(f"x={p:g}: {fmt(a)} vs {fmt(b)}" for p, a, b in rows), "difference > 2 s.e. at every position", ok,
-        note="The surrogate's drop is heavy-tailed across seeds (its importance weight q/q_2 is unbounded).", rows=rows))
+        "that of their RL surrogate (lr 0.01).", "CRNC25 (sweep.py, mean_dist figure)",
+        "median drop_FKL(T) > median drop_RKL(T) at every position",
+        "; ".join(f"x={p:g}: {fmt(a)} vs {fmt(b)} ({n_below}/{n} seeds below)" for p, a, b, n_below, n in rows),
+        "medians ordered and >= 75% of seeds below the SFT drop at every position", ok,
+        note=("Medians, not means: the surrogate's update has infinite variance (its importance weight q/q_2 is "
+              "unbounded and s_2^2 < s_1^2 / 2), so a seed can collapse far beyond SFT (e.g. one of 8 quick-mode seeds at "
+              "x = 6.5 ends with drop 0.80 vs SFT's 0.29) and a mean +- s.e. comparison is not meaningful. CRNC25's "
+              "figure shows one seed."),
+        rows=rows))
 
     # 3. the surrogate bleeds old mass
     rows, ok = [], True

@@ -129,23 +129,32 @@ def analyze(stores, ctx: Context):
         "T5 [N]", fmt(T5_EIGENVALUES), fmt(ev, 4), "+-0.005 (3 decimals quoted)", dev <= 0.005,
         eigenvalues=ev))
 
-    # rates
-    worst = float(np.nanmax(rel[fitted])) if fitted.any() else float("nan")
-    worst_at = np.unravel_index(np.nanargmax(np.where(fitted, rel, -1)), shape) if fitted.any() else None
+    # rates: T5 states the contraction (1 - eta mu) for eta <= 1/L (L = lambda_max); runs with a
+    # larger eta are fitted too and reported in the note, not held to the tolerance
+    in_regime = lrs[None, None, :] <= 1.0 / eig[..., -1:]
+    checked = fitted & in_regime
+    outside = fitted & ~in_regime
+    worst = float(np.nanmax(rel[checked])) if checked.any() else float("nan")
+    worst_at = np.unravel_index(np.nanargmax(np.where(checked, rel, -1)), shape) if checked.any() else None
+    worst_out = float(np.nanmax(rel[outside])) if outside.any() else float("nan")
     claims.append(ctx.claim(
-        "contraction_rate", "The fitted per-step convergence rate of ||theta(t) - theta*|| equals -ln max_i |1 - eta lambda_i(H(theta*))| "
-        "(= -ln(1 - eta lambda_min) for small eta) across separation x beta* x learning rate.",
-        "T5", "-ln rho, rho = spectral radius of I - eta H",
-        f"max relative deviation {fmt(worst)} over {int(fitted.sum())} fitted runs"
+        "contraction_rate", "The fitted per-step convergence rate of ||theta(t) - theta*|| equals -ln(1 - eta lambda_min(H(theta*))) "
+        "for eta <= 1/lambda_max across separation x beta* x learning rate.",
+        "T5 (contraction 1 - eta mu for eta <= 1/L)", "-ln rho, rho = spectral radius of I - eta H = 1 - eta mu",
+        f"max relative deviation {fmt(worst)} over {int(checked.sum())} fitted runs with eta <= 1/lambda_max"
         + (f" (worst at Delta = {seps[worst_at[0]]:g}, beta* = {betas[worst_at[1]]:g}, eta = {fmt(lrs[worst_at[2]])})" if worst_at else "")
-        + f"; prediction inside the 95% CI in {int(inside.sum())}/{int(fitted.sum())}",
-        f"<= {RATE_TOL:.0%}", fitted.any() and worst <= RATE_TOL,
+        + f"; prediction inside the 95% CI in {int((inside & in_regime).sum())}/{int(checked.sum())}",
+        f"<= {RATE_TOL:.0%}", checked.any() and worst <= RATE_TOL,
         note=(f"Runs converged to ||theta - theta*|| <= {EPSILON:g}: {int(converged.sum())}/{converged.size}; a rate is fitted where the "
               f"tail window (1.5 decades below the start, 2 decades above the float32/quadrature floor) holds >= {MIN_POINTS} logged points, "
               "so very fast decays (rho < ~0.7 at log_every = 2) are not fitted. The CI is that of a least-squares slope on an "
               "almost deterministic curve: it is much narrower than the effect of the window choice, so the tolerance is on the "
-              "relative deviation."),
-        n_fitted=int(fitted.sum()), max_rel_dev=worst, inside_ci=int(inside.sum())))
+              f"relative deviation. Beyond T5's step-size regime ({int(outside.sum())} fitted runs with 1/lambda_max < eta < 2/lambda_max) "
+              f"the spectral-radius prediction -ln max|1 - eta lambda_i| deviates by up to {fmt(worst_out)}: near the stability edge "
+              "the rate 2 - eta lambda_max is small, so the O(||theta - theta*||) curvature left in the fitted window shifts it by a "
+              "large relative amount (sensitivity ~ eta lambda / (2 - eta lambda))."),
+        n_fitted=int(checked.sum()), max_rel_dev=worst, inside_ci=int((inside & in_regime).sum()),
+        max_rel_dev_beyond_regime=worst_out))
 
     # steps to epsilon
     t_meas = np.full(shape, np.nan)
