@@ -99,12 +99,7 @@ def create(path: str | Path, spec: SweepSpec, plan: Plan, attrs: dict) -> None:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        deadline = time.time() + 300
-        while not ready.exists():
-            if time.time() > deadline:
-                raise StoreError(f"{path}: another process is creating this store and has not finished in 300 s "
-                                 f"(delete {lock} if it crashed)") from None
-            time.sleep(0.2)
+        _wait_while_creating(path)  # another process holds the lock: its store is ours too
         return
     try:
         os.close(fd)
@@ -126,9 +121,24 @@ def read_attrs(path: str | Path) -> dict:
     return dict(zarr.open_group(str(path), mode="r", zarr_format=2).attrs)
 
 
+def _wait_while_creating(path: Path, timeout_s: float = 300.0) -> None:
+    """Processes started together (`--shard i/N`, `--distributed`) may find the store folder while
+    another one is still writing its metadata: wait for that creation (its lock file exists from
+    before the folder appears until after the ready marker is written)."""
+    ready = path / PROGRESS_DIR / "ready"
+    lock = path.with_name(path.name + ".creating")
+    deadline = time.time() + timeout_s
+    while not ready.exists() and lock.exists():
+        if time.time() > deadline:
+            raise StoreError(f"{path}: another process is creating this store and has not finished in "
+                             f"{timeout_s:.0f} s (delete {lock} if it crashed)")
+        time.sleep(0.1)
+
+
 def check_compatible(path: str | Path, spec: SweepSpec) -> tuple[int, ...]:
     """Raise unless the store at `path` holds the same sweep; return its chunk shape."""
     path = Path(path)
+    _wait_while_creating(path)
     if not (path / PROGRESS_DIR / "ready").exists():
         raise StoreError(f"{path} exists but is not a forget-jax store (or its creation was interrupted); "
                          "delete it or choose another --out")

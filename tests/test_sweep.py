@@ -267,6 +267,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_process_waits_for_a_store_being_created(spec, reference, tmp_path):
+    """Processes launched together: one finds the store folder while another is still writing its
+    metadata (the `.creating` lock is held); it must wait, not call the store foreign."""
+    import shutil
+    import threading
+
+    from forget_jax.runner.execute import store_attrs
+    from forget_jax.store import create
+
+    store = tmp_path / "racing.zarr"
+    lock = store.with_name(store.name + ".creating")
+    lock.touch()
+    store.mkdir()  # the creator has started writing
+    staging = tmp_path / "staging" / "racing.zarr"
+    create(staging, spec, make_plan(spec, 3), store_attrs(spec))
+
+    def finish_creation():
+        time.sleep(0.5)
+        shutil.copytree(staging, store, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ready"))
+        (store / PROGRESS_DIR / "ready").write_text("now")
+        lock.unlink()
+
+    thread = threading.Thread(target=finish_creation)
+    thread.start()
+    try:
+        ds = run(spec, store, chunk_size=3, progress=False)
+    finally:
+        thread.join()
+    _assert_same(reference, ds)
+
+
 def test_import_and_load_config_leave_the_backend_alone(subprocess_env):
     """`jax.distributed.initialize` must run before the XLA backend starts: importing forget_jax
     (e.g. a module-level jnp constant) or loading a config must not start it."""

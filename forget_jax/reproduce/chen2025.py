@@ -96,36 +96,39 @@ def analyze(stores, ctx: Context):
         note="CRNC25's plot cut-off is off by one (section 5); here both drop and gain are read at the same iteration.",
         fkl=(jf, df, sf), rkl=(jr, dr, sr)))
 
-    # 2. final drop across the position sweep
-    rows, ok = [], True
+    # 2. final drop across the position sweep (per seed: the surrogate's outcome is heavy-tailed)
+    rows, ok, collapsed = [], True, 0
     for k in keys:
-        fkl = runs[k][("chen2025_fkl", 0.15)]["drop"][:, -1]
-        rkl = runs[k][("chen2025_rkl", 0.01)]["drop"][:, -1]
-        below = int(np.sum(rkl < np.median(fkl)))
-        rows.append((positions[k], float(np.median(fkl)), float(np.median(rkl)), below, len(rkl)))
-        ok &= bool(np.median(rkl) < np.median(fkl) and below >= 0.75 * len(rkl))
+        a = runs[k][("chen2025_fkl", 0.15)]["drop"][:, -1]
+        b = runs[k][("chen2025_rkl", 0.01)]["drop"][:, -1]
+        wins = float(np.mean(a > b))
+        collapsed += int(np.sum(runs[k][("chen2025_rkl", 0.01)]["beta"][:, -1] < 0.05))
+        rows.append((positions[k], float(np.median(a)), float(np.median(b)), wins, float(a.mean()), float(b.mean())))
+        ok &= bool(np.median(a) > np.median(b) and wins >= 0.75)
     claims.append(ctx.claim(
         "final_drop_sweep", "Across CRNC25's sweep of the target new-mode position, the final drop of SFT (lr 0.15) exceeds "
-        "that of their RL surrogate (lr 0.01).", "CRNC25 (sweep.py, mean_dist figure)",
-        "median drop_FKL(T) > median drop_RKL(T) at every position",
-        "; ".join(f"x={p:g}: {fmt(a)} vs {fmt(b)} ({n_below}/{n} seeds below)" for p, a, b, n_below, n in rows),
-        "medians ordered and >= 75% of seeds below the SFT drop at every position", ok,
-        note=("Medians, not means: the surrogate's update has infinite variance (its importance weight q/q_2 is "
-              "unbounded and s_2^2 < s_1^2 / 2), so a seed can collapse far beyond SFT (e.g. one of 8 quick-mode seeds at "
-              "x = 6.5 ends with drop 0.80 vs SFT's 0.29) and a mean +- s.e. comparison is not meaningful. CRNC25's "
-              "figure shows one seed."),
-        rows=rows))
+        "that of their RL surrogate (lr 0.01) in a typical run.", "CRNC25 (sweep.py, mean_dist figure)",
+        "drop_FKL(T) > drop_RKL(T) at every position",
+        "; ".join(f"x={p:g}: median {fmt(a)} vs {fmt(b)}, FKL larger in {w:.0%} of seeds" for p, a, b, w, _, _ in rows),
+        "medians ordered and FKL larger in >= 75% of seeds, at every position", ok,
+        note=("Compared per seed and by medians because the surrogate's outcome is heavy-tailed: its importance weight "
+              f"q/q_2 is unbounded and {collapsed} of {n_seeds * len(keys)} surrogate runs collapsed pi_1 to the clip "
+              "(beta_T < 0.05, drop ~0.8). Means: "
+              + "; ".join(f"x={p:g}: {fmt(ma)} vs {fmt(mb)}" for p, _, _, _, ma, mb in rows) + "."),
+        rows=rows, collapsed=collapsed))
 
     # 3. the surrogate bleeds old mass
     rows, ok = [], True
     for k in keys:
-        m, se = _mean_se(runs[k][("chen2025_rkl", 0.01)]["beta"][:, -1:])
-        rows.append((positions[k], float(m[0]), float(se[0])))
-        ok &= bool(beta_star - m[0] > 2 * se[0])
+        b = runs[k][("chen2025_rkl", 0.01)]["beta"][:, -1]
+        frac = float(np.mean(b < beta_star - 0.01))
+        rows.append((positions[k], float(np.median(b)), frac))
+        ok &= frac >= 0.9
     claims.append(ctx.claim(
         "surrogate_mass_loss", "CRNC25's surrogate RKL loses old mass: pi_1 ends below beta* at every position.",
         "section 5 (old mode never sampled: starved by construction)", f"beta_T < beta* = {beta_star:g}",
-        "; ".join(f"x={p:g}: {fmt(m)} +- {fmt(se)}" for p, m, se in rows), "below by > 2 s.e.", ok,
+        "; ".join(f"x={p:g}: median {fmt(m)}, below in {f:.0%} of seeds" for p, m, f in rows),
+        "beta_T < beta* - 0.01 in >= 90% of seeds", ok,
         note=("Their per-batch update moves pi_1 by about -(-log tau - log(1 - pi_1)) / (1 - pi_1) once mu_2 has "
               "reached the target (tests/test_chen2025.py), which the exact RKL gradient does not contain."),
         rows=rows))

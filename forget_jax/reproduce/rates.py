@@ -250,8 +250,10 @@ def analyze(stores, ctx: Context):
             # predicted threshold as a fractional column position (log-spaced grid)
             pos = np.interp(np.log(threshold[i, j]), np.log(lrs), np.arange(len(lrs)), left=-0.5, right=len(lrs) - 0.5)
             ax.plot([pos, pos], [i - 0.5, i + 0.5], color="k", lw=2)
+            pos1 = np.interp(np.log(0.5 * threshold[i, j]), np.log(lrs), np.arange(len(lrs)), left=-0.5, right=len(lrs) - 0.5)
+            ax.plot([pos1, pos1], [i - 0.5, i + 0.5], color="k", lw=1, ls="--")
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-    label_panel(axes[0, 0], "× not converged\n| predicted 2/λ_max\ngrey: not fitted", loc="lower left")
+    label_panel(axes[0, 0], "× not converged\n| predicted 2/λ_max\n¦ 1/λ_max (claim: left of it)\ngrey: not fitted", loc="lower left")
     fig.suptitle(f"T5 phase diagram: RKL rate / (-ln ρ), ρ = spectral radius of I - ηH(θ*); T = {cfg['steps']} steps", fontsize=10)
     ctx.save_figure(fig, "rates_phase_diagram")
 
