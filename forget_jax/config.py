@@ -21,9 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .spec import HYPER_FIELDS, SETUP_FIELDS, Setup
 
-CONFIG_FIELDS_HELP = "see README 'Configuration reference'"
-
-
 class ConfigError(ValueError):
     """A user mistake in a configuration: one line naming the field, the value and what is allowed."""
 
@@ -136,7 +133,6 @@ class SimulationConfig(BaseModel):
     def _check_combination(self):
         if self.steps % self.log_every:
             raise ValueError(f"log_every={self.log_every} must divide steps={self.steps}")
-        reverse = self.objective in ("rkl", "chen2025_rkl")
         if self.objective == "rkl" and self.replay_ratio > 0 and self.estimator == "pathwise":
             raise ValueError(
                 f"replay_ratio={self.replay_ratio} under objective=rkl with estimator='pathwise' is not allowed: "
@@ -168,7 +164,6 @@ class SimulationConfig(BaseModel):
                                  f"under objective={self.objective} (batch = groups x group_size)")
         if not float(self.oapl_lag).is_integer():
             raise ValueError(f"oapl_lag={self.oapl_lag} must be a whole number of steps")
-        del reverse
         return self
 
     # -----------------------------------------------------------------------------------------

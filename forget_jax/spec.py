@@ -12,7 +12,7 @@ the swept value is moved out of the static config into a traced argument).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import equinox as eqx
@@ -240,12 +240,3 @@ def make_hyper(dtype=np.float32, **values) -> Hyper:
         a = np.broadcast_to(a, shape)
         out[k] = np.array(a, dtype=np.int32 if k == "seed" else dtype)
     return Hyper(**out)
-
-
-def batch_size_of(hyper: Hyper) -> int:
-    """Number of configurations in a (possibly batched) Hyper; 0-d leaves count as 1 (unbatched)."""
-    shape = jnp.shape(hyper.separation)
-    return int(shape[0]) if shape else 1
-
-
-_ = field  # re-exported for dataclass users

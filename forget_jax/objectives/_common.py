@@ -58,9 +58,6 @@ def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixtu
     return tuple(m.project(basis, origin) for m in mixtures)
 
 
-def stop_gradient_mixture(m: Mixture) -> Mixture:
-    return jax.lax.stop_gradient(m)
-
 
 def sample_ancestral(mixture: Mixture, key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
     """B ancestral draws of a two-component mixture (regime (i) of methods.md section 0): label
