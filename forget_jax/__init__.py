@@ -1,17 +1,24 @@
 """forget-jax: simulate forgetting in post-training with two-mode Gaussian mixtures, at sweep scale."""
 
-from . import theory
+from . import analysis, fields, theory
+from ._version import __version__
+from .fields import Field, Rule
 from .model import LearnerParams, Mixture, init_params, learner_mixture, optimum_params, target_mixture
-from .spec import HYPER_DEFAULTS, Hyper, Setup, make_hyper
+from .objectives import Objective, register
+from .spec import Hyper, Setup, make_hyper
 from .train import TRACE_COUNTS, make_train, simulate, simulate_one
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "HYPER_DEFAULTS", "Hyper", "LearnerParams", "Mixture", "Setup", "TRACE_COUNTS", "init_params",
-    "learner_mixture", "make_hyper", "make_train", "optimum_params", "simulate", "simulate_one",
-    "sweep", "target_mixture", "theory", "__version__",
+    "HYPER_DEFAULTS", "Field", "Hyper", "LearnerParams", "Mixture", "Objective", "Rule", "Setup", "TRACE_COUNTS",
+    "__version__", "analysis", "fields", "init_params", "learner_mixture", "make_hyper", "make_train",
+    "optimum_params", "register", "simulate", "simulate_one", "sweep", "target_mixture", "theory",
 ]
+
+
+def __getattr__(name: str):
+    if name == "HYPER_DEFAULTS":  # traced field -> default, from the field table
+        return {**fields.defaults("traced"), "seed": 0}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sweep(config_or_path, out=None, *, resume: bool = False, shard: tuple[int, int] = (0, 1),

@@ -4,6 +4,7 @@
   forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
   forget-jax info STORE
   forget-jax reproduce NAME|all [--out DIR] [--quick]
+  forget-jax fields [--write-readme README.md]
 
 User mistakes (bad config, missing store, bad flag value) end with one line `error: ...` and
 exit status 2, never a traceback.
@@ -12,7 +13,6 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,7 +54,7 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 @app.command()
 def sweep(
-    config: Annotated[Path, typer.Argument(help="YAML sweep configuration (see configs/)")],
+    config: Annotated[Path, typer.Argument(help="YAML sweep configuration: a path, or a shipped one by name (quickstart, phase_fkl_rkl, chen2025, chen2025_rkl)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="zarr store to write")],
     resume: Annotated[bool, typer.Option(help="continue a sweep: skip blocks already in the store")] = False,
     shard: Annotated[Optional[str], typer.Option(help="run the disjoint slice i of N (e.g. 0/4) into one store")] = None,
@@ -173,9 +173,27 @@ def reproduce(
             raise typer.Exit(1)
 
 
+@app.command()
+def fields(
+    write_readme: Annotated[Optional[Path], typer.Option(help="rewrite the configuration table of this README")] = None,
+):
+    """Print the configuration table (every field: default, kind, bounds, symbol, meaning), or
+    rewrite it in a README between its `fields:begin` / `fields:end` markers."""
+    with user_errors():
+        from . import fields as field_table
+        from . import objectives  # noqa: F401  (registers the built-in objectives and their knobs)
+
+        table = field_table.markdown_table()
+        if write_readme is None:
+            typer.echo(table)
+            return
+        write_readme.write_text(field_table.readme_with_table(write_readme.read_text(), table))
+        typer.echo(f"wrote the configuration table into {write_readme}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
+from jax.scipy.special import logsumexp, ndtr
 
 from ._types import Array, Float, Scalar
 
 #: log(2 pi) as a Python float: a jnp computation at import time would initialise the XLA backend,
 #: after which `jax.distributed.initialize` (forget-jax sweep --distributed) refuses to run.
 LOG_2PI = 1.8378770664093453
+
+
+def logit(p: Float[Array, "..."] | float) -> Float[Array, "..."]:
+    r"""Log-odds $\operatorname{logit} p = \log p - \log(1 - p)$ (the `logit` weight parameter; model.md)."""
+    p = jnp.asarray(p)
+    return jnp.log(p) - jnp.log1p(-p)
 
 
 def log_normal(x: Float[Array, "... k"], mean: Float[Array, " k"], scale: Scalar) -> Float[Array, "..."]:
@@ -100,3 +106,23 @@ def bhattacharyya_coefficient(mean_1: Float[Array, " k"], mean_2: Float[Array, "
     """
     sq = jnp.sum(jnp.square(mean_1 - mean_2), axis=-1) / jnp.square(scale)
     return jnp.exp(-sq / 8.0)
+
+
+def hard_misassignment(sample_mean, sample_scale, old_mean, new_mean, old_weight, scale) -> Scalar:
+    r"""P_{x ~ N(sample_mean, sample_scale^2 I)}[w_n(x) > 1/2] for a mixture with equal scales.
+
+    w_n > 1/2  <=>  (x - (m_o + m_n)/2) . v / s^2 > ln(beta / (1 - beta)), v = m_n - m_o, so with
+    t = (x - mid) . v/|v| ~ N((mu - mid) . v/|v|, s_x^2):
+    P = Phi_bar((s^2 ln(beta/(1-beta)) / |v| - (mu - mid) . v/|v|) / s_x).
+    With mu = m_o and s_x = s this is D4's Phi_bar(Delta/2 + ln(beta/(1-beta)) / Delta).
+    """
+    v = jnp.asarray(new_mean) - jnp.asarray(old_mean)
+    norm = jnp.linalg.norm(v)
+    safe = jnp.where(norm > 0, norm, 1.0)
+    direction = v / safe
+    mid = 0.5 * (jnp.asarray(old_mean) + jnp.asarray(new_mean))
+    offset = jnp.dot(jnp.asarray(sample_mean) - mid, direction)
+    log_odds = logit(old_weight)
+    threshold = jnp.square(scale) * log_odds / safe
+    p = 1.0 - ndtr((threshold - offset) / sample_scale)
+    return jnp.where(norm > 0, p, jnp.where(old_weight < 0.5, 1.0, 0.0))

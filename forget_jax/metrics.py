@@ -1,40 +1,41 @@
-"""Metrics recorded at every logged step (theory.md sections 2 and 5).
+"""Metrics recorded at every logged step (docs/science/model.md D1-D7).
 
-All exact quantities reuse the primitives of gaussian.py / divergence.py / theory.py.
+All exact quantities reuse the primitives of gaussian.py / divergence.py; nothing here imports
+theory.py (the closed forms the simulation is checked against) or an objective.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from . import theory
 from ._types import Array, Float, Scalar
 from .divergence import kl_divergence, soft_misassignment
-from .gaussian import log_normal
-from .model import LearnerParams, Mixture, axis, learner_mixture, target_mixture
-from .objectives import training_mixture
+from .gaussian import hard_misassignment, log_normal
+from .model import LearnerParams, Mixture, axis, learner_mixture, target_mixture, training_mixture
 from .spec import Hyper, Setup
 
-# Names of the per-logged-step metrics, in the order the store writes them.
-METRIC_NAMES: tuple[str, ...] = (
-    "old_weight",
-    "old_drift",
-    "old_drift_max",
-    "new_mean_error",
-    "kl_to_target",
-    "kl_from_train",
-    "loss",
-    "soft_misassignment",
-    "hard_misassignment",
-    "starved_fraction",
-    "old_overlap",
-    "new_overlap",
-    "max_importance_weight",
-    "old_mean_position",
-    "new_mean_position",
-    "old_scale",
-    "new_scale",
-)
+#: The per-logged-step metrics in the order the store writes them: name -> (symbol, words) for
+#: plot labels (docs/science/model.md D1-D7 define them).
+METRICS: dict[str, tuple[str, str]] = {
+    "old_weight": ("β", "old weight"),
+    "old_drift": ("δ", "old drift"),
+    "old_drift_max": ("δ_max", "max old drift"),
+    "new_mean_error": ("‖m_n − μ_n*‖", "new mean error"),
+    "kl_to_target": ("KL(q‖p*)", "KL to target"),
+    "kl_from_train": ("KL(p_train‖q)", "KL from train"),
+    "loss": ("L", "loss"),
+    "soft_misassignment": ("ε̃", "soft misassignment"),
+    "hard_misassignment": ("ε", "hard misassignment"),
+    "starved_fraction": ("P_starve", "starved fraction"),
+    "old_overlap": ("A(T′)", "old overlap"),
+    "new_overlap": ("A(T)", "new overlap"),
+    "max_importance_weight": ("max ω", "max importance weight"),
+    "old_mean_position": ("m_o", "old mean position"),
+    "new_mean_position": ("m_n", "new mean position"),
+    "old_scale": ("s_o", "old scale"),
+    "new_scale": ("s_n", "new scale"),
+}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
 
 def old_drift(params: LearnerParams, target: Mixture) -> Scalar:
@@ -94,7 +95,7 @@ def measure(params: LearnerParams, hyper: Hyper, setup: Setup) -> dict[str, Scal
         kl_to_target=kl_divergence(q_k, t_k, order),
         kl_from_train=kl_divergence(tr_k, q_k, order),
         soft_misassignment=soft_misassignment(t_k, q_k, order),
-        hard_misassignment=theory.hard_misassignment(
+        hard_misassignment=hard_misassignment(
             target.old_mean, target.old_scale, q.old_mean, q.new_mean, beta, pooled_scale
         ),
         old_overlap=component_overlap(

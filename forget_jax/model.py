@@ -74,6 +74,13 @@ def target_mixture(hyper: Hyper, setup: Setup) -> Mixture:
     return Mixture(hyper.target_old_weight, old_mean, new_mean, hyper.target_old_scale, hyper.target_new_scale)
 
 
+def training_mixture(hyper: Hyper, setup: Setup) -> Mixture:
+    """p_lambda = (1 - lambda) N(mu_n*, s_n^2) + lambda N(mu_o*, s_o^2), the FKL training data with
+    replay ratio lambda as a two-component mixture of old weight lambda (docs/science/model.md D5)."""
+    target = target_mixture(hyper, setup)
+    return Mixture(hyper.replay_ratio, target.old_mean, target.new_mean, target.old_scale, target.new_scale)
+
+
 def old_task(target: Mixture) -> Mixture:
     """p_old as a (degenerate) mixture with all mass on the old component."""
     return Mixture(jnp.ones_like(target.old_weight), target.old_mean, target.new_mean, target.old_scale, target.new_scale)
@@ -86,7 +93,7 @@ def old_weight(params: LearnerParams, setup: Setup) -> Scalar:
 
 def weight_parameter(beta: Scalar, setup: Setup) -> Scalar:
     """Inverse of `old_weight`: the stored parameter for a given beta."""
-    return jnp.log(beta) - jnp.log1p(-beta) if setup.weight_param == "logit" else beta
+    return gaussian.logit(beta) if setup.weight_param == "logit" else beta
 
 
 def learner_mixture(params: LearnerParams, setup: Setup) -> Mixture:

@@ -43,52 +43,14 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from . import fields
+from .metrics import METRICS
+
 __all__ = ["LABELS", "label", "plot_store", "theory_overlay"]
 
-#: field or variable -> (symbol, words): axis and colour-bar labels read "symbol words".
-LABELS: dict[str, tuple[str, str]] = {
-    # grid fields
-    "separation": ("Δ", "separation"),
-    "replay_ratio": ("λ", "replay ratio"),
-    "batch_size": ("B", "batch size"),
-    "learning_rate": ("η", "learning rate"),
-    "target_old_weight": ("β*", "target old weight"),
-    "init_old_weight": ("β(0)", "initial old weight"),
-    "init_old_offset": ("m_o(0) − μ_o*", "initial old offset"),
-    "init_new_offset": ("m_n(0) − μ_n*", "initial new offset"),
-    "old_lr_scale": ("η_o/η", "old learning-rate scale"),
-    "new_lr_scale": ("η_n/η", "new learning-rate scale"),
-    "dim": ("d", "dimension"),
-    "steps": ("T", "steps"),
-    "log_every": ("k", "log every"),
-    "reward_temperature": ("τ", "reward temperature"),
-    "teacher_anchor": ("a", "teacher anchor"),
-    "teacher_ema": ("α_ema", "teacher EMA rate"),
-    "entropic_eta": ("η_ent", "entropic eta"),
-    "kl_penalty": ("λ_KL", "KL penalty"),
-    "oapl_lag": ("L", "OAPL lag"),
-    "group_size": ("G", "group size"),
-    "step": ("t", "step"),
-    "seed": ("", "seed"),
-    # metrics (metrics.METRIC_NAMES)
-    "old_weight": ("β", "old weight"),
-    "old_drift": ("δ", "old drift"),
-    "old_drift_max": ("δ_max", "max old drift"),
-    "new_mean_error": ("‖m_n − μ_n*‖", "new mean error"),
-    "kl_to_target": ("KL(q‖p*)", "KL to target"),
-    "kl_from_train": ("KL(p_train‖q)", "KL from train"),
-    "loss": ("L", "loss"),
-    "soft_misassignment": ("ε̃", "soft misassignment"),
-    "hard_misassignment": ("ε", "hard misassignment"),
-    "starved_fraction": ("P_starve", "starved fraction"),
-    "old_overlap": ("A(T′)", "old overlap"),
-    "new_overlap": ("A(T)", "new overlap"),
-    "max_importance_weight": ("max ω", "max importance weight"),
-    "old_mean_position": ("m_o", "old mean position"),
-    "new_mean_position": ("m_n", "new mean position"),
-    "old_scale": ("s_o", "old scale"),
-    "new_scale": ("s_n", "new scale"),
-}
+#: (symbol, words) of the store's non-field names; fields take theirs from the field table
+#: (fields.py) and metrics from metrics.METRICS.
+LABELS: dict[str, tuple[str, str]] = {"step": ("t", "step"), "seed": ("", "seed")}
 
 _LINE_COLOURS = "viridis"  # colour-blind safe and monotone in lightness; the yellow end is cut
 _STARVATION_LEVELS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -96,7 +58,8 @@ _STARVATION_LEVELS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
 def label(name: str) -> str:
     """Axis label of a field or variable: its symbol, then its name in words ("λ replay ratio")."""
-    symbol, words = LABELS.get(name, ("", name.replace("_", " ")))
+    known = fields.label(name) or METRICS.get(name) or LABELS.get(name)
+    symbol, words = known if known is not None else ("", name.replace("_", " "))
     return f"{symbol} {words}".strip()
 
 

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .spec import HYPER_FIELDS, SETUP_FIELDS, Hyper, Setup, make_hyper
+from . import fields
+from .spec import Hyper, Setup, make_hyper
 
 #: CRNC25 learning rates per objective (theory.md section 5: FWD_LR = [0.15, 0.01], REV_LR = [0.01]).
 CHEN2025_LEARNING_RATES: dict[str, tuple[float, ...]] = {
@@ -105,14 +106,24 @@ def chen2025_setup_and_hyper(
     if objective not in CHEN2025_LEARNING_RATES:
         raise ValueError(f"objective must be one of {sorted(CHEN2025_LEARNING_RATES)}, got {objective!r}")
     lr = CHEN2025_LEARNING_RATES[objective][0] if learning_rate is None else float(learning_rate)
-    setup_values = {k: v for k, v in CHEN2025.items() if k in SETUP_FIELDS}
+    setup_values = {k: v for k, v in CHEN2025.items() if k in fields.names("static")}
     setup_values["objective"] = objective
     setup = Setup(**setup_values)
 
-    hyper_values = {k: v for k, v in CHEN2025.items() if k in HYPER_FIELDS}
+    hyper_values = {k: v for k, v in CHEN2025.items() if k in fields.names("traced")}
     hyper_values["learning_rate"] = lr
     if new_mode_position is not None:
         hyper_values["separation"] = (new_mode_position - CHEN2025_TARGET_OLD_MEAN) / hyper_values["target_old_scale"]
         hyper_values["init_new_offset"] = CHEN2025_INIT_NEW_MEAN - new_mode_position
     hyper_values["seed"] = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
     return setup, make_hyper(setup.dtype, **hyper_values)
+
+
+def chen2025_config(objective: str) -> dict[str, object]:
+    """CRNC25's whole setting as configuration values for `objective` (`chen2025_fkl` or
+    `chen2025_rkl`), with that objective's learning rate (FKL 0.15, RKL 0.01): the preset that
+    config validation fills in for keys the user leaves unset."""
+    values = {k: v for k, v in CHEN2025.items() if k != "learning_rates"}
+    values["objective"] = objective
+    values["learning_rate"] = CHEN2025_LEARNING_RATES[objective][0]
+    return values

@@ -1,21 +1,26 @@
-"""Closed forms and predictions of theory.md (sections 2-3), built on the same primitives as the
-simulation (gaussian.py, divergence.py, the population objectives), so no formula exists twice.
+"""Closed forms and predictions of the science pages (docs/science/model.md, claims.md,
+methods.md): pure formulas that the simulation is checked against, never the reverse.
+
+This module is a leaf: it is built on the shared primitives (gaussian.py, divergence.py) and
+imports no objective, no training loop and nothing engine-derived. Quantities obtained by
+differentiating the engine's own objectives (the Hessian of the simulated reverse KL, the
+engine's adaptive-eta solver) live in analysis.py. `hard_misassignment` (D4) is the gaussian.py
+primitive that the metrics use too, re-exported here.
 
 Every function accepts JAX arrays or Python floats and is jit/vmap-compatible unless noted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import ndtr
 
 from ._types import Array, Float, Scalar
-from .gaussian import LOG_2PI, bhattacharyya_coefficient
-from .spec import Setup, make_hyper
+from .divergence import soft_misassignment as _soft
+from .gaussian import LOG_2PI, bhattacharyya_coefficient, hard_misassignment, log_normal, logit
+from .model import Mixture
 
 # ---------------------------------------------------------------------------------------------
 # D3: overlap
@@ -29,26 +34,6 @@ def bhattacharyya(separation) -> Scalar:
 
 # ---------------------------------------------------------------------------------------------
 # D4: misassignment
-
-
-def hard_misassignment(sample_mean, sample_scale, old_mean, new_mean, old_weight, scale) -> Scalar:
-    r"""P_{x ~ N(sample_mean, sample_scale^2 I)}[w_n(x) > 1/2] for a mixture with equal scales.
-
-    w_n > 1/2  <=>  (x - (m_o + m_n)/2) . v / s^2 > ln(beta / (1 - beta)), v = m_n - m_o, so with
-    t = (x - mid) . v/|v| ~ N((mu - mid) . v/|v|, s_x^2):
-    P = Phi_bar((s^2 ln(beta/(1-beta)) / |v| - (mu - mid) . v/|v|) / s_x).
-    With mu = m_o and s_x = s this is D4's Phi_bar(Delta/2 + ln(beta/(1-beta)) / Delta).
-    """
-    v = jnp.asarray(new_mean) - jnp.asarray(old_mean)
-    norm = jnp.linalg.norm(v)
-    safe = jnp.where(norm > 0, norm, 1.0)
-    direction = v / safe
-    mid = 0.5 * (jnp.asarray(old_mean) + jnp.asarray(new_mean))
-    offset = jnp.dot(jnp.asarray(sample_mean) - mid, direction)
-    log_odds = jnp.log(old_weight) - jnp.log1p(-old_weight)
-    threshold = jnp.square(scale) * log_odds / safe
-    p = 1.0 - ndtr((threshold - offset) / sample_scale)
-    return jnp.where(norm > 0, p, jnp.where(old_weight < 0.5, 1.0, 0.0))
 
 
 def misassignment_old_to_new(old_weight, separation) -> Scalar:
@@ -67,9 +52,6 @@ def misassignment_new_to_old(old_weight, separation) -> Scalar:
 
 def soft_misassignment(old_weight, separation, order: int = 96) -> Scalar:
     r"""epsilon~_{o->n} = E_{N_o}[w_n(x)] by quadrature (D4), with the divergence.py primitive."""
-    from .divergence import soft_misassignment as _soft
-    from .model import Mixture
-
     sep = jnp.asarray(separation, dtype=jnp.result_type(float))
     zero = jnp.zeros((1,), sep.dtype)
     one = jnp.ones((), sep.dtype)
@@ -149,64 +131,6 @@ def fkl_weight_zero_time(initial_weight, learning_rate) -> Scalar:
 # T5: local geometry of reverse KL
 
 
-def _precision(x64: bool):
-    """float64 for the duration of a theory computation, without flipping the global switch."""
-    return jax.enable_x64(True) if x64 else contextlib.nullcontext()
-
-
-def _flat_objective(setup: Setup, separation, target_old_weight):
-    """L_R as a function of the flat vector theta = (weight parameter, m_o (d), m_n (d)) around
-    theta*, using the population objective of objectives/reverse_kl.py itself."""
-    from .model import LearnerParams, optimum_params
-    from .objectives.reverse_kl import population_kl
-
-    hyper = make_hyper(setup.dtype, separation=separation, target_old_weight=target_old_weight)
-    star = optimum_params(hyper, setup)
-    def loss(theta):
-        params = LearnerParams(theta[0], theta[1 : 1 + setup.dim], theta[1 + setup.dim :], star.old_scale, star.new_scale)
-        return population_kl(params, hyper, setup)
-
-    theta_star = jnp.concatenate([star.weight[None], star.old_mean, star.new_mean])
-    return loss, theta_star, hyper
-
-
-def rkl_hessian(separation, target_old_weight, weight_param: str = "logit", dim: int = 1, x64: bool = True) -> Float[Array, "p p"]:
-    r"""Hessian of L_R = KL(q_theta || p*) at theta* (population, exact quadrature); equals the
-    Fisher information I(theta*) there (T5). theta = (a or beta, m_o, m_n)."""
-    setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
-    with _precision(x64):
-        loss, theta_star, _ = _flat_objective(setup, separation, target_old_weight)
-        return jax.hessian(loss)(theta_star)
-
-
-def fisher_information(separation, target_old_weight, weight_param: str = "logit", dim: int = 1,
-                       order: int = 96, x64: bool = True) -> Float[Array, "p p"]:
-    r"""I(theta*) = E_{p*}[grad log q grad log q^T] at q = p*, by quadrature (T5)."""
-    setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
-    with _precision(x64):
-        return _fisher(setup, separation, target_old_weight, dim, order)
-
-
-def _fisher(setup, separation, target_old_weight, dim, order):
-    from .divergence import mixture_expectation
-    from .model import LearnerParams, learner_mixture, optimum_params
-
-    hyper = make_hyper(setup.dtype, separation=separation, target_old_weight=target_old_weight)
-    star = optimum_params(hyper, setup)
-    theta_star = jnp.concatenate([star.weight[None], star.old_mean, star.new_mean])
-    p_star = learner_mixture(star, setup)
-
-    def log_q(theta, x):
-        params = LearnerParams(theta[0], theta[1 : 1 + dim], theta[1 + dim :], star.old_scale, star.new_scale)
-        return learner_mixture(params, setup).log_prob(x)
-
-    def outer(xs):
-        scores = jax.vmap(lambda x: jax.grad(log_q)(theta_star, x))(xs)
-        return scores[:, :, None] * scores[:, None, :]
-
-    return mixture_expectation(p_star, outer, order)
-
-
 def predicted_contraction(hessian: Float[Array, "p p"], learning_rate: float) -> Scalar:
     r"""Per-step contraction of GD near theta*: spectral radius of I - eta H; equals 1 - eta mu with
     mu = lambda_min(H) when eta <= 1 / lambda_max (T5)."""
@@ -237,11 +161,6 @@ def rkl_drift_envelope(min_separation) -> Scalar:
 # Conventions: component N(m, s^2 I_d); weights are old weights beta; logit = log(beta/(1-beta)).
 # "Separated limit": the components of every mixture involved coincide (or are far apart), so
 # KL between two such mixtures reduces to the KL of their weights (overlap corrections O(BC)).
-
-
-def _logit(beta):
-    beta = jnp.asarray(beta)
-    return jnp.log(beta) - jnp.log1p(-beta)
 
 
 # --- tilts and their mass factors (methods.md section 0) -------------------------------------
@@ -295,7 +214,7 @@ def tilt_logit(logit_weight, log_m_old, log_m_new) -> Scalar:
 
 def tilt_weight(old_weight, log_m_old, log_m_new) -> Scalar:
     r"""beta' = beta M_o / (beta M_o + (1 - beta) M_n), the tilt of `tilt_logit` as a weight."""
-    return jax.nn.sigmoid(tilt_logit(_logit(old_weight), log_m_old, log_m_new))
+    return jax.nn.sigmoid(tilt_logit(logit(old_weight), log_m_old, log_m_new))
 
 
 def tilt_recursion(init_weight, log_m_old, log_m_new, rounds: int) -> Float[Array, " k"]:
@@ -303,7 +222,7 @@ def tilt_recursion(init_weight, log_m_old, log_m_new, rounds: int) -> Float[Arra
     logit beta_k = logit beta_0 + k log(M_o / M_n) (T8 per step; T9 per sync; mass forgetting iff
     the cumulative tilt is unbounded, i.e. M_n > M_o)."""
     k = jnp.arange(rounds + 1)
-    return jax.nn.sigmoid(_logit(init_weight) + k * (jnp.asarray(log_m_old) - jnp.asarray(log_m_new)))
+    return jax.nn.sigmoid(logit(init_weight) + k * (jnp.asarray(log_m_old) - jnp.asarray(log_m_new)))
 
 
 def entropic_logit_gradient(old_weight, log_m_old, log_m_new) -> Scalar:
@@ -336,7 +255,7 @@ def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, 
     lambda > 0 (without the anchor beta -> 0 whenever M_n > M_o: `tilt_recursion`).
     """
     r = jnp.exp(jnp.asarray(log_m_old) - jnp.asarray(log_m_new))
-    a_ref = _logit(reference_weight)
+    a_ref = logit(reference_weight)
     lam = jnp.asarray(kl_penalty)
     lo = a_ref + jnp.minimum(jnp.minimum(r - 1, 1 - 1 / r), 0.0) / lam - 1.0
     hi = a_ref + jnp.maximum(jnp.maximum(r - 1, 1 - 1 / r), 0.0) / lam + 1.0
@@ -353,14 +272,6 @@ def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, 
 
     lo, hi = jax.lax.fori_loop(0, iterations, body, (lo, hi))
     return jax.nn.sigmoid(0.5 * (lo + hi))
-
-
-def adaptive_eta(rewards, budget=math.log(2.0)) -> Scalar:
-    r"""TTT-Discover's adaptive eta per group (rewards of shape (..., G)):
-    KL(softmax(eta r) || Uniform_G) = budget (methods.md B step 1); the engine's own solver."""
-    from .objectives.ttt_discover import group_eta
-
-    return group_eta(jnp.asarray(rewards), budget)
 
 
 # --- starvation per group (T9) ----------------------------------------------------------------
@@ -395,8 +306,6 @@ def sdft_anchor_density_weight(teacher_weight, anchor, demo_old_weight=0.0) -> S
 def sdft_bayes_icl_log_odds(demo, old_mean, new_mean, old_scale, new_scale, demo_scale) -> Scalar:
     r"""log(rho_o / rho_n), rho_k = N(c; m_k, (s_k^2 + tau_c^2) I) (T7 Example C; methods.md A op. 4):
     logit beta_T = logit beta_phi + log(rho_o / rho_n)."""
-    from .gaussian import log_normal
-
     c = jnp.atleast_1d(jnp.asarray(demo))
     tau2 = jnp.square(demo_scale)
     return (log_normal(c, jnp.atleast_1d(jnp.asarray(old_mean)), jnp.sqrt(jnp.square(old_scale) + tau2))
@@ -437,13 +346,13 @@ def sdft_ema_weights(steps: int, init_weight, learning_rate, ema, teacher_map, d
     tracks beta_T and the teacher logit moves by alpha (logit beta_T - phi) per step: one
     effective refresh of `sdft_refresh_weights` per 1 / alpha steps.
     """
-    a0 = _logit(init_weight)
+    a0 = logit(init_weight)
 
     def step(carry, _):
         a, phi = carry
         beta = jax.nn.sigmoid(a)
         beta_t = teacher_map(jax.nn.sigmoid(phi))
-        grad = beta * (1 - beta) * (a - _logit(beta_t)) if direction == "reverse" else beta - beta_t
+        grad = beta * (1 - beta) * (a - logit(beta_t)) if direction == "reverse" else beta - beta_t
         a = a - learning_rate * grad
         phi = (1 - ema) * phi + ema * a
         return (a, phi), jax.nn.sigmoid(a)

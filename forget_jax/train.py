@@ -26,7 +26,7 @@ import optax
 from ._types import Array, Bool, Int, Scalar
 from .metrics import METRIC_NAMES, measure, old_drift
 from .model import LearnerParams, init_params, target_mixture
-from .objectives import COMPANION_UPDATES, OBJECTIVES
+from .objectives import get_objective
 from .spec import Hyper, Setup
 from .update import apply_update, make_optimizer
 
@@ -62,14 +62,12 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     The trajectory maps each name of `metrics.METRIC_NAMES` to an array of shape
     (setup.num_logs,) (steps 0, log_every, ..., steps) and `diverged` to a boolean scalar.
     """
-    objective = OBJECTIVES[setup.objective]
-    update_companion = COMPANION_UPDATES.get(setup.objective)
+    objective = get_objective(setup.objective)
     optimizer = make_optimizer(setup)
 
     def evaluate(params, hyper, key, companion):
-        if update_companion is None:
-            return objective(params, hyper, setup, key)
-        return objective(params, hyper, setup, key, companion)
+        return objective.loss(params, hyper, setup, key, companion)
+
     nan = jnp.asarray(jnp.nan, setup.dtype)
 
     def train(hyper: Hyper) -> Trajectory:
@@ -92,9 +90,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
             grads, estimate = grad_fn(state.params, hyper, jax.random.fold_in(key, t), state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
             finite = _all_finite(params)  # a non-finite loss makes the gradient, hence theta, non-finite
-            companion = state.companion
-            if update_companion is not None:
-                companion = update_companion(companion, params, t + 1, hyper, setup)
+            companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
             return TrainState(
                 params=params,
                 companion=companion,

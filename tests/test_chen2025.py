@@ -12,7 +12,6 @@ runs: see the `test_rkl_*` tests below.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -187,7 +186,7 @@ def test_engine_follows_crnc25_reference(engine_runs, reference_runs, objective,
 def engine_gradients(objective, theta, keys, batch_size=SAMPLES):
     """Descent gradients (pi1, mu1, s1, mu2, s2) of the engine's estimator at theta, one per key."""
     setup, hyper = chen2025_setup_and_hyper(objective)
-    setup = dataclasses.replace(setup, batch_size=batch_size)
+    setup = setup.replace(batch_size=batch_size)
     one = jax.tree.map(lambda a: a[0], hyper)
     base = init_params(one, setup)
     params = type(base)(
@@ -197,7 +196,7 @@ def engine_gradients(objective, theta, keys, batch_size=SAMPLES):
         new_mean=jnp.full_like(base.new_mean, theta[3]),
         new_scale=jnp.asarray(theta[4], base.new_scale.dtype),
     )
-    grad = jax.grad(OBJECTIVES[objective], has_aux=True)
+    grad = jax.grad(OBJECTIVES[objective].loss, has_aux=True)
 
     def one_key(key):
         g, _ = grad(params, one, setup, key)

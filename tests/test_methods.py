@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special
 
-from forget_jax import Setup, make_hyper, simulate, theory
+from forget_jax import Setup, analysis, make_hyper, simulate, theory
 from forget_jax.config import ConfigError, load_config
 from forget_jax.model import init_params
 from forget_jax.objectives import ttt_discover
@@ -329,7 +329,7 @@ def test_ttt_adaptive_eta_bisection_hits_ln2():
         assert abs(kl(e) - LN2) < 2e-5, (e, kl(e))
         root = optimize.brentq(lambda x: kl(x) - LN2, 1e-9, 1e7, xtol=1e-14)
         assert e == pytest.approx(root, rel=1e-4)
-    assert float(theory.adaptive_eta(jnp.ones((1, 8)))[0]) == 1e6
+    assert float(analysis.adaptive_eta(jnp.ones((1, 8)))[0]) == 1e6
     logits = jnp.asarray(rng.normal(size=(3, 8)), jnp.float32) * 3
     w = np.exp(np.asarray(leave_one_out_log_weights(logits), float))
     e = np.exp(np.asarray(logits, float))

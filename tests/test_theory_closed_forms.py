@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
 
-from forget_jax import theory
+from forget_jax import analysis, theory
 from forget_jax.gaussian import bhattacharyya_coefficient
 
 BETAS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -214,11 +214,11 @@ def reference_fisher(delta, beta, weight_param="logit"):
 
 @pytest.fixture(scope="module")
 def engine_hessians():
-    """theory.rkl_hessian (jax.hessian of the engine's population objective) for the cases below."""
+    """analysis.rkl_hessian (jax.hessian of the engine's population objective) for the cases below."""
     cases = [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"), (4.0, 0.3, "logit"),
              (4.0, 0.5, "direct"), (8.0, 0.5, "logit"), (10.0, 0.5, "logit")]
     with jax.enable_x64(True):
-        return {c: np.asarray(theory.rkl_hessian(c[0], c[1], weight_param=c[2])) for c in cases}
+        return {c: np.asarray(analysis.rkl_hessian(c[0], c[1], weight_param=c[2])) for c in cases}
 
 
 @pytest.mark.parametrize("case", [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"),
@@ -236,7 +236,7 @@ def test_rkl_hessian_equals_fisher(engine_hessians, case):
 def test_fisher_eigenvalues_and_matrix_at_delta_4(engine_hessians):
     """Fact 8 / T5 [N]: at Delta = 4, beta* = .5, logit, I = [[.233,-.034,-.034],[-.034,.426,-.063],
     [-.034,-.063,.426]] with eigenvalues (.217, .379, .489) and condition number ~2.25; also
-    theory.fisher_information (order 96) against the scipy matrix."""
+    analysis.fisher_information (order 96) against the scipy matrix."""
     fisher = reference_fisher(4.0, 0.5)
     quoted = np.array([[0.233, -0.034, -0.034], [-0.034, 0.426, -0.063], [-0.034, -0.063, 0.426]])
     np.testing.assert_allclose(fisher, quoted, atol=6e-4)
@@ -245,7 +245,7 @@ def test_fisher_eigenvalues_and_matrix_at_delta_4(engine_hessians):
     assert abs(eig[-1] / eig[0] - 2.25) < 0.02
     np.testing.assert_allclose(np.linalg.eigvalsh(engine_hessians[(4.0, 0.5, "logit")]), eig, atol=5e-5)
     with jax.enable_x64(True):
-        np.testing.assert_allclose(np.asarray(theory.fisher_information(4.0, 0.5)), fisher, atol=5e-6)
+        np.testing.assert_allclose(np.asarray(analysis.fisher_information(4.0, 0.5)), fisher, atol=5e-6)
         hessian = jnp.asarray(engine_hessians[(4.0, 0.5, "logit")])
         assert abs(float(theory.smallest_eigenvalue(hessian)) - eig[0]) < 5e-5
         # GD contraction per step: 1 - eta * lambda_min when eta <= 1 / lambda_max

@@ -1,32 +1,25 @@
-"""Objectives: one concept per file. Each maps (params, hyper, setup, key) to
-(surrogate, Estimate): the gradient of `surrogate` is the estimator of the objective's gradient."""
+"""Objectives: one file each, all with one interface (registry.py):
 
-from ._common import Estimate
+    loss(params, hyper, setup, key, companion) -> (surrogate, Estimate)
+
+Each file registers its `Objective` (loss, knobs, rules, companion update, preset) on import;
+importing this package registers the built-in ones. A new objective is one more file plus its
+`register(...)` call (and, for a built-in one, an import line below).
+"""
+
+# registration order is the order of the `objective` choices (fkl, rkl, chen2025_*, sdft, ttt_discover, oapl)
+from . import forward_kl, reverse_kl, chen2025, sdft, ttt_discover, oapl  # noqa: I001, F401
+from ._common import Estimate, sample_ancestral
 from .chen2025 import chen2025_fkl, chen2025_reinforce
-from .forward_kl import forward_kl, training_mixture
+from .forward_kl import forward_kl
 from .oapl import oapl, sync_lagged_policy
+from .registry import OBJECTIVES, Objective, get_objective, keep_companion, register, unregister
 from .reverse_kl import replay_log_weight, reverse_kl, reverse_kl_to
 from .sdft import ema_teacher, sdft
-from .ttt_discover import frozen_reference, ttt_discover
+from .ttt_discover import ttt_discover
 
-OBJECTIVES = {
-    "fkl": forward_kl,
-    "rkl": reverse_kl,
-    "chen2025_fkl": chen2025_fkl,
-    "chen2025_rkl": chen2025_reinforce,
-    "sdft": sdft,
-    "ttt_discover": ttt_discover,
-    "oapl": oapl,
-}
-
-#: Objectives that track a companion copy of theta (train.TrainState.companion): name ->
-#: update(companion, params, step, hyper, setup) -> companion, applied after every step; such an
-#: objective takes the companion as a fifth argument.
-COMPANION_UPDATES: dict = {
-    "sdft": ema_teacher,  # EMA teacher weights phi (methods.md A)
-    "ttt_discover": frozen_reference,  # q_ref = theta(0), never updated (methods.md B)
-    "oapl": sync_lagged_policy,  # theta_lag, re-synced every L steps (methods.md C)
-}
-
-__all__ = ["COMPANION_UPDATES", "OBJECTIVES", "Estimate", "forward_kl", "reverse_kl", "chen2025_fkl", "chen2025_reinforce",
-           "training_mixture", "replay_log_weight", "reverse_kl_to", "sdft", "ttt_discover", "oapl"]
+__all__ = [
+    "OBJECTIVES", "Estimate", "Objective", "chen2025_fkl", "chen2025_reinforce", "ema_teacher", "forward_kl",
+    "get_objective", "keep_companion", "oapl", "register", "replay_log_weight", "reverse_kl", "reverse_kl_to",
+    "sample_ancestral", "sdft", "sync_lagged_policy", "ttt_discover", "unregister",
+]

@@ -1,5 +1,6 @@
-"""Pieces shared by every objective: the estimate type, sampling helpers and the frame for
-population quadrature."""
+"""Pieces shared by every objective: the estimate type, the sampling helpers (every Monte Carlo
+draw of forget-jax goes through `draw_ancestral` / `component_draws`), the leave-one-out
+baseline and the frame for population quadrature."""
 
 from __future__ import annotations
 
@@ -52,22 +53,35 @@ def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixtu
     population dynamics preserve (inits are offsets along e_1 and the gradient's orthogonal part
     vanishes by symmetry). Config validation enforces equal, fixed scales for d > 1.
     """
-    e1 = axis(setup.dim, setup.dtype)
-    basis = e1[:, None]
-    origin = jnp.zeros((setup.dim,), setup.dtype)
+    basis, origin = project_frame(setup)
     return tuple(m.project(basis, origin) for m in mixtures)
 
 
+def component_draws(mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Float[Array, "B d"]]:
+    """Both components of a mixture at the same B standard-normal draws eps (stratified sampling,
+    docs/science/objectives.md): (m_o + s_o eps, m_n + s_n eps). Differentiable in the means and
+    scales (reparameterised); pass a stop-gradient mixture for samples that are not a function of
+    theta."""
+    eps = standard_normal(noise_key, setup)
+    return mixture.old_mean + mixture.old_scale * eps, mixture.new_mean + mixture.new_scale * eps
+
+
+def draw_ancestral(mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKeyArray,
+                   setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
+    """B ancestral draws of a two-component mixture (methods.md section 0, regime (i)): label
+    z ~ Bern(beta) (True = old component) from `label_key`, then x = m_z + s_z eps with eps from
+    `noise_key`. Returns (x, is_old). The label is not differentiable; x is reparameterised within
+    its component (the pathwise estimator's x_theta), so pass a stop-gradient mixture for on-policy
+    samples that are not a function of theta. This is the one ancestral sampler of forget-jax."""
+    x_old, x_new = component_draws(mixture, noise_key, setup)
+    is_old = bernoulli(label_key, mixture.old_weight, setup)
+    return jnp.where(is_old[:, None], x_old, x_new), is_old
+
 
 def sample_ancestral(mixture: Mixture, key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
-    """B ancestral draws of a two-component mixture (regime (i) of methods.md section 0): label
-    z ~ Bern(beta) (True = old component), then x ~ N_z. Returns (x, is_old); pass a
-    stop-gradient mixture for on-policy samples that are not a function of theta."""
-    k_label, k_eps = jax.random.split(key)
-    eps = standard_normal(k_eps, setup)
-    is_old = bernoulli(k_label, mixture.old_weight, setup)
-    x = jnp.where(is_old[:, None], mixture.old_mean + mixture.old_scale * eps, mixture.new_mean + mixture.new_scale * eps)
-    return x, is_old
+    """`draw_ancestral` with the label and noise keys split from one key."""
+    label_key, noise_key = jax.random.split(key)
+    return draw_ancestral(mixture, label_key, noise_key, setup)
 
 
 def project_frame(setup: Setup) -> tuple[Float[Array, "d 1"], Float[Array, " d"]]:

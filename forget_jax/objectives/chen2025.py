@@ -30,10 +30,13 @@ import jax.numpy as jnp
 
 from .._types import PRNGKeyArray, Scalar
 from ..gaussian import log_normal
-from ..model import LearnerParams, learner_mixture, target_mixture
+from .. import fields
+from ..model import LearnerParams, learner_mixture, target_mixture, training_mixture
+from ..presets import chen2025_config
 from ..spec import Hyper, Setup
-from ._common import Estimate, bernoulli, standard_normal
-from .forward_kl import forward_kl, training_mixture
+from ._common import Estimate, component_draws, sample_ancestral
+from .forward_kl import forward_kl
+from .registry import Objective, register
 
 sg = jax.lax.stop_gradient
 
@@ -41,29 +44,28 @@ sg = jax.lax.stop_gradient
 TINY = 1e-12
 
 
-def chen2025_fkl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
+def chen2025_fkl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+                 companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(log(q_theta(x) + 1e-12)), x ~ p_train (ancestral; their preset has
     lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`."""
     if setup.estimator == "population" or setup.sampling != "ancestral":
         return forward_kl(params, hyper, setup, key)
     q = learner_mixture(params, setup)
     p_train = training_mixture(hyper, setup)
-    k_label, k_eps = jax.random.split(key)
-    eps = standard_normal(k_eps, setup)
-    replayed = bernoulli(k_label, hyper.replay_ratio, setup)
-    x = jnp.where(replayed[:, None], p_train.old_mean + p_train.old_scale * eps, p_train.new_mean + p_train.new_scale * eps)
+    x, replayed = sample_ancestral(p_train, key, setup)
     log_q = q.log_prob(x)
     floored = jnp.logaddexp(log_q, jnp.log(jnp.asarray(TINY, setup.dtype)))
     loss = jnp.mean(p_train.log_prob(x) - log_q)
     return -jnp.mean(floored), Estimate(sg(loss), ~jnp.any(replayed), jnp.ones((), setup.dtype))
 
 
-def chen2025_reinforce(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
+def chen2025_reinforce(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+                       companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component)."""
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
     log_tiny = jnp.log(jnp.asarray(TINY, setup.dtype))
-    x = sg(q.new_mean + q.new_scale * standard_normal(key, setup))
+    x = sg(component_draws(q, key, setup)[1])  # the learner's new component only
     log_n1, log_n2 = q.component_log_probs(x)
     log_q1 = jnp.log(q.old_weight) + log_n1
     log_q2 = jnp.log1p(-q.old_weight) + log_n2
@@ -73,3 +75,21 @@ def chen2025_reinforce(params: LearnerParams, hyper: Hyper, setup: Setup, key: P
     coefficient = sg(reward * iw)
     surrogate = -jnp.mean(coefficient * q.log_prob(x))
     return surrogate, Estimate(sg(-jnp.mean(reward)), jnp.ones((), bool), sg(jnp.max(iw)))
+
+
+def _monte_carlo_rule(v) -> str | None:
+    if v["estimator"] == "population" and str(v["objective"]).startswith("chen2025"):
+        return f"objective={v['objective']} is a Monte Carlo estimator; use estimator=score or pathwise"
+    return None
+
+
+_RULE = fields.Rule(("objective", "estimator"), _monte_carlo_rule, "the CRNC25 estimators are Monte Carlo")
+
+CHEN2025_FKL = register(Objective(
+    "chen2025_fkl", chen2025_fkl, "CRNC25's forward-KL estimator with their 1e-12 density floor (objectives.md, studies.md)",
+    rules=(_RULE,), preset=chen2025_config("chen2025_fkl"), supports_replay=True))
+CHEN2025_RKL = register(Objective(
+    "chen2025_rkl", chen2025_reinforce, "CRNC25's surrogate REINFORCE (not grad KL; objectives.md, studies.md)",
+    fields=(fields.Field("reward_temperature", "traced", 0.1, "CRNC25's REINFORCE_BETA tau of the surrogate reward",
+                         gt=0, symbol="τ", objective=("chen2025_rkl",)),),
+    rules=(_RULE,), preset=chen2025_config("chen2025_rkl")))

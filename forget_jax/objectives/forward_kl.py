@@ -1,7 +1,8 @@
-"""Forward KL (SFT): L_F(theta) = KL(p_train || q_theta) (theory.md section 1, T1-T2).
+"""Forward KL (SFT): L_F(theta) = KL(p_train || q_theta) (docs/science/objectives.md; claims.md
+T1-T2).
 
 p_train = (1 - lambda) p_new + lambda p_old with lambda = `replay_ratio`, which is itself a
-two-component mixture with old weight lambda: `training_mixture`.
+two-component mixture with old weight lambda: `model.training_mixture`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,14 @@ import jax.numpy as jnp
 
 from .._types import PRNGKeyArray, Scalar
 from ..divergence import kl_divergence
-from ..model import LearnerParams, Mixture, learner_mixture, target_mixture
+from ..model import LearnerParams, learner_mixture, training_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, bernoulli, population_frame, standard_normal
+from ._common import Estimate, component_draws, population_frame, sample_ancestral
+from .registry import Objective, register
 
 
-def training_mixture(hyper: Hyper, setup: Setup) -> Mixture:
-    """p_lambda = (1 - lambda) N(mu_n*, s_n^2) + lambda N(mu_o*, s_o^2) (D5)."""
-    target = target_mixture(hyper, setup)
-    return Mixture(hyper.replay_ratio, target.old_mean, target.new_mean, target.old_scale, target.new_scale)
-
-
-def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
+def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+               companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
     r"""Surrogate whose gradient is the (estimated) gradient of KL(p_train || q_theta).
 
     * population: the exact KL by Gauss-Hermite quadrature under p_train.
@@ -30,6 +27,13 @@ def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
       lambda; surrogate $-\frac1B\sum_i \log q_\theta(x_i)$. Starved when no replayed sample.
     * Monte Carlo, stratified: each p_train component at the same B normal draws, weighted by
       (lambda, 1 - lambda); never starved unless lambda = 0.
+
+    Args:
+        params: theta. hyper, setup: the configuration. key: this step's PRNG key.
+        companion: unused (the data do not depend on theta).
+
+    Returns:
+        (surrogate, Estimate): the gradient of `surrogate` estimates grad KL(p_train || q_theta).
     """
     q = learner_mixture(params, setup)
     p_train = training_mixture(hyper, setup)
@@ -40,17 +44,13 @@ def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
         kl = kl_divergence(p_proj, q_proj, setup.quadrature_order)
         return kl, Estimate(kl, no_old_data, one)
 
-    k_label, k_eps = jax.random.split(key)
-    eps = standard_normal(k_eps, setup)
-    x_old = p_train.old_mean + p_train.old_scale * eps
-    x_new = p_train.new_mean + p_train.new_scale * eps
     if setup.sampling == "ancestral":
-        replayed = bernoulli(k_label, hyper.replay_ratio, setup)
-        x = jnp.where(replayed[:, None], x_old, x_new)
+        x, replayed = sample_ancestral(p_train, key, setup)
         log_q = q.log_prob(x)
         loss = jnp.mean(p_train.log_prob(x) - log_q)
         return -jnp.mean(log_q), Estimate(loss, ~jnp.any(replayed), one)
 
+    x_old, x_new = component_draws(p_train, jax.random.split(key)[1], setup)
     lam = hyper.replay_ratio
     log_q_old, log_q_new = q.log_prob(x_old), q.log_prob(x_new)
     surrogate = -(lam * jnp.mean(log_q_old) + (1 - lam) * jnp.mean(log_q_new))
@@ -58,3 +58,8 @@ def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
         p_train.log_prob(x_new) - log_q_new
     )
     return surrogate, Estimate(loss, no_old_data, one)
+
+
+FORWARD_KL = register(Objective(
+    "fkl", forward_kl, "SFT: KL(p_train || q) on new data plus replay (objectives.md; claims.md T1, T2)",
+    supports_replay=True))

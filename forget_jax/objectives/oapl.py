@@ -39,9 +39,11 @@ from jax.scipy.special import logsumexp
 
 from .._types import PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_expectation
+from .. import fields
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
 from ._common import Estimate, population_frame, project_frame, sample_ancestral
+from .registry import Objective, register
 from .reward import reward_function
 
 sg = jax.lax.stop_gradient
@@ -81,3 +83,16 @@ def sync_lagged_policy(companion: LearnerParams, params: LearnerParams, step, hy
     lag = jnp.maximum(jnp.round(hyper.oapl_lag), 1.0).astype(jnp.int32)
     sync = jnp.mod(step, lag) == 0
     return jax.tree.map(lambda c, p: jnp.where(sync, p, c), companion, params)
+
+
+OAPL = register(Objective(
+    "oapl", oapl, "squared optimal-advantage regression on lagged-policy samples (methods.md C; claims.md T9)",
+    fields=(
+        fields.Field("oapl_lag", "traced", 10.0, "steps L between syncs of the lagged policy", ge=1, le=1e9, whole=True,
+                     symbol="L", label="OAPL lag", objective=("oapl",)),
+        fields.Field("oapl_beta1", "traced", 1.0, "temperature beta_1 of V_hat = beta_1 log mean exp(r / beta_1)", gt=0,
+                     symbol="β₁", objective=("oapl",)),
+        fields.Field("oapl_beta2", "traced", 1.0, "KL coefficient beta_2 of the regression (code: 1e-3)", gt=0,
+                     symbol="β₂", objective=("oapl",)),
+    ),
+    companion_update=sync_lagged_policy))

@@ -1,4 +1,5 @@
-"""Reverse KL (on-policy RL): L_R(theta) = KL(q_theta || p*) (theory.md section 1, T3-T6).
+"""Reverse KL (on-policy RL): L_R(theta) = KL(q_theta || p*) (docs/science/objectives.md; claims.md
+T3-T6).
 
 With f_theta(x) = log q_theta(x) - log p*(x), the gradient is E_q[f grad log q] (score form) or,
 reparameterising x = m_z + s_z eps within the component z, E[grad f(x_theta)] + E[f grad log pi_z]
@@ -18,7 +19,9 @@ from .._types import PRNGKeyArray, Scalar
 from ..divergence import kl_divergence, mixture_expectation
 from ..model import LearnerParams, Mixture, learner_mixture, old_task, target_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, bernoulli, leave_one_out_mean, population_frame, standard_normal
+from .. import fields
+from ._common import Estimate, bernoulli, component_draws, draw_ancestral, leave_one_out_mean, population_frame
+from .registry import Objective, register
 
 sg = jax.lax.stop_gradient
 
@@ -49,8 +52,10 @@ def population_reverse_kl(q: Mixture, target, order: int) -> Scalar:
     return mixture_expectation(q, lambda x: q_fixed.log_prob(x) - target.log_prob(x), order)
 
 
-def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
-    """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc."""
+def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+               companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
+    """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc.
+    `companion` is unused."""
     target = target_mixture(hyper, setup)
     return reverse_kl_to(learner_mixture(params, setup), target, setup, key, hyper.replay_ratio, old_task(target))
 
@@ -73,12 +78,10 @@ def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ra
         return surrogate, Estimate(sg(surrogate), false, one)
 
     k_replay, k_label, k_eps = jax.random.split(key, 3)
-    eps = standard_normal(k_eps, setup)
     beta = q.old_weight
 
     if setup.sampling == "stratified":
-        x_old = q.old_mean + q.old_scale * eps
-        x_new = q.new_mean + q.new_scale * eps
+        x_old, x_new = component_draws(q, k_eps, setup)
         if setup.estimator == "pathwise":
             f_old, f_new = f(x_old), f(x_new)
             surrogate = beta * jnp.mean(f_old) + (1 - beta) * jnp.mean(f_new)
@@ -95,8 +98,8 @@ def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ra
         loss = sg(beta * jnp.mean(f_old) + (1 - beta) * jnp.mean(f_new))
         return surrogate, Estimate(loss, false, one)
 
-    is_old = bernoulli(k_label, sg(beta), setup)
-    x = jnp.where(is_old[:, None], q.old_mean + q.old_scale * eps, q.new_mean + q.new_scale * eps)
+    # x is reparameterised within its component (pathwise); the label carries no gradient
+    x, is_old = draw_ancestral(q, k_label, k_eps, setup)
     if setup.estimator == "pathwise":
         fx = f(x)
         log_label = jnp.where(is_old, jnp.log(beta), jnp.log1p(-beta))
@@ -112,7 +115,8 @@ def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ra
         surrogate = jnp.mean(advantage * q.log_prob(x))
         return surrogate, Estimate(jnp.mean(fx), ~jnp.any(is_old), one)
     replayed = bernoulli(k_replay, replay_ratio, setup)
-    x = sg(jnp.where(replayed[:, None], p_old.old_mean + p_old.old_scale * eps, x))
+    x_replay, _ = component_draws(p_old, k_eps, setup)
+    x = sg(jnp.where(replayed[:, None], x_replay, x))
     omega = sg(jnp.exp(replay_log_weight(q, p_old, x, replay_ratio)))
     fx = sg(f(x))
     advantage = omega * (fx - leave_one_out_mean(fx, omega))
@@ -120,3 +124,22 @@ def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ra
     loss = jnp.mean(omega * fx)
     starved = ~jnp.any(is_old | replayed)
     return surrogate, Estimate(loss, starved, jnp.max(omega))
+
+
+def _replay_estimator_rule(v) -> str | None:
+    if v["objective"] != "rkl" or v["replay_ratio"] <= 0:
+        return None
+    if v["estimator"] == "pathwise":
+        return (f"replay_ratio={v['replay_ratio']} under objective=rkl with estimator='pathwise' is not allowed: "
+                "needs estimator=score or population "
+                "(a replayed sample is not a function of theta, so the pathwise estimator cannot use it; T6)")
+    if v["estimator"] == "score" and v["sampling"] == "stratified":
+        return "replay_ratio > 0 under objective=rkl needs sampling=ancestral (replay is a proposal for ancestral sampling)"
+    return None
+
+
+REVERSE_KL = register(Objective(
+    "rkl", reverse_kl, "on-policy RL: KL(q || p*), replay through a bounded-weight proposal (objectives.md; claims.md T3-T6)",
+    rules=(fields.Rule(("objective", "replay_ratio", "estimator", "sampling"), _replay_estimator_rule,
+                       "rkl replay needs the score estimator with ancestral sampling (or population)"),),
+    supports_replay=True))

@@ -1,5 +1,7 @@
-"""Reward presets shared by `ttt_discover` and `oapl` (methods.md B "Translation", (a)-(c); C uses
-"the same reward presets as section B").
+"""Reward presets and grouped sampling shared by `ttt_discover` and `oapl` (methods.md B
+"Translation", (a)-(c); C uses "the same reward presets as section B"). The fields they share
+(`reward`, `reward_width`, `reward_offset`, `reward_slope`, `group_size`) and the grouping rule
+are declared here, once.
 
 * `quadratic`: R(y) = -|y - mu_R|^2 / (2 rho^2), a bump centred at mu_R = mu_n* + reward_offset e_1
   with width rho = reward_width; localised, so it reaches the old mode only through overlap
@@ -19,8 +21,12 @@ import jax.numpy as jnp
 
 from .._types import Array, Float, Scalar
 from ..gaussian import log_normal
+from .. import fields
 from ..model import axis, target_mixture
 from ..spec import Hyper, Setup
+
+#: The objectives that read a reward preset and draw their batch in groups.
+GROUPED = ("ttt_discover", "oapl")
 
 
 class Reward(eqx.Module):
@@ -55,3 +61,40 @@ def reward_function(hyper: Hyper, setup: Setup) -> Reward:
         return Reward("linear", jnp.zeros_like(e1), hyper.reward_slope * e1, jnp.asarray(hyper.reward_width, setup.dtype))
     return Reward("quadratic", target.new_mean + hyper.reward_offset * e1, jnp.zeros_like(e1),
                   jnp.asarray(hyper.reward_width, setup.dtype))
+
+
+fields.declare(
+    fields.Field("reward", "static", "quadratic", "reward preset: `quadratic` -|y - mu_R|^2/(2 rho^2) at mu_R = "
+                 "mu_n* + reward_offset e_1, `linear` w . y, `log_new` log p_new*(y) (methods.md B)", type=str,
+                 choices=("quadratic", "linear", "log_new"), objective=GROUPED),
+    fields.Field("group_size", "static", 8, "samples per group G (`batch_size` = groups x G)", type=int, ge=2,
+                 le=1_000_000, symbol="G", objective=GROUPED),
+    fields.Field("reward_width", "traced", 1.0, "width rho of the quadratic reward", gt=0, symbol="ρ",
+                 objective=GROUPED),
+    fields.Field("reward_offset", "traced", 0.0, "quadratic reward centre mu_R - mu_n* along e_1", symbol="μ_R − μ_n*",
+                 objective=GROUPED),
+    fields.Field("reward_slope", "traced", 1.0, "linear reward w = reward_slope e_1", symbol="w", objective=GROUPED),
+    owner=__name__,
+)
+
+
+def _group_rule(v) -> str | None:
+    if v["objective"] not in GROUPED:
+        return None
+    objective = v["objective"]
+    if v["estimator"] == "pathwise":
+        return (f"estimator='pathwise' is not allowed under objective={objective}: needs estimator=score or "
+                "population (a policy-gradient / regression loss on samples)")
+    if v["estimator"] != "population" and v["sampling"] == "stratified":
+        return (f"sampling='stratified' is not allowed under objective={objective}: groups are drawn on-policy "
+                "(sampling=ancestral)")
+    if v["estimator"] != "population" and v["batch_size"] % v["group_size"]:
+        return (f"group_size={v['group_size']} must divide batch_size={v['batch_size']} under objective={objective} "
+                "(batch = groups x group_size)")
+    return None
+
+
+#: Grouped objectives draw on-policy groups: score or population, ancestral, G divides B.
+GROUP_RULE = fields.Rule(("objective", "estimator", "sampling", "batch_size", "group_size"), _group_rule,
+                         "grouped objectives: score or population estimator, ancestral groups, G divides B")
+fields.add_rule(GROUP_RULE)

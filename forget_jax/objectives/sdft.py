@@ -50,9 +50,12 @@ import jax.numpy as jnp
 from .._types import Array, Float, PRNGKeyArray, Scalar
 from ..divergence import mixture_expectation
 from ..gaussian import log_normal
+from .. import fields
+from ..gaussian import logit
 from ..model import LearnerParams, Mixture, learner_mixture, target_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, bernoulli, population_frame, standard_normal
+from ._common import Estimate, component_draws, population_frame, sample_ancestral
+from .registry import Objective, register
 from .reverse_kl import reverse_kl_to
 
 sg = jax.lax.stop_gradient
@@ -97,7 +100,7 @@ def teacher(companion: LearnerParams, hyper: Hyper, setup: Setup) -> Teacher:
         tau2 = jnp.square(hyper.sdft_demo_scale)
         log_rho_o = log_normal(demo, phi.old_mean, jnp.sqrt(jnp.square(phi.old_scale) + tau2))
         log_rho_n = log_normal(demo, phi.new_mean, jnp.sqrt(jnp.square(phi.new_scale) + tau2))
-        log_odds = jnp.log(phi.old_weight) - jnp.log1p(-phi.old_weight) + log_rho_o - log_rho_n
+        log_odds = logit(phi.old_weight) + log_rho_o - log_rho_n
         base = Mixture(jax.nn.sigmoid(log_odds), phi.old_mean, phi.new_mean, phi.old_scale, phi.new_scale)
     else:  # anchor_component
         base = Mixture(phi.old_weight, phi.old_mean, (1 - a) * phi.new_mean + a * demo, phi.old_scale, phi.new_scale)
@@ -137,16 +140,38 @@ def _forward(q: Mixture, t: Teacher, cap: Scalar, setup: Setup, key: PRNGKeyArra
         w = sg(jnp.minimum(jnp.exp(log_t - sg(log_q)), cap))
         return jnp.mean(w * log_q), sg(jnp.mean(w * (log_t - log_q))), jnp.max(w)
 
-    k_label, k_eps = jax.random.split(key)
-    eps = standard_normal(k_eps, setup)
     beta = sg(q.old_weight)
     if setup.sampling == "stratified":
-        x_old = sg(q.old_mean + q.old_scale * eps)
-        x_new = sg(q.new_mean + q.new_scale * eps)
+        x_old, x_new = component_draws(sg(q), jax.random.split(key)[1], setup)
         (lq_o, l_o, w_o), (lq_n, l_n, w_n) = weighted(x_old), weighted(x_new)
         surrogate = -(beta * lq_o + (1 - beta) * lq_n)
         return surrogate, Estimate(beta * l_o + (1 - beta) * l_n, false, jnp.maximum(w_o, w_n))
-    is_old = bernoulli(k_label, beta, setup)
-    x = sg(jnp.where(is_old[:, None], q.old_mean + q.old_scale * eps, q.new_mean + q.new_scale * eps))
+    x, is_old = sample_ancestral(sg(q), key, setup)
     lq, loss, w_max = weighted(x)
     return -lq, Estimate(loss, ~jnp.any(is_old), w_max)
+
+
+SDFT = register(Objective(
+    "sdft", sdft, "self-distillation to an EMA teacher T = Cond(q_phi, demo) (methods.md A; claims.md T7)",
+    fields=(
+        fields.Field("sdft_conditioning", "static", "anchor_component",
+                     "teacher T = Cond(EMA student q_phi, demo at mu_n*): teacher new mean (1-a) m_n + a mu_n* "
+                     "(`anchor_component`), (1-a) q_phi + a p_c (`anchor_density`), or the weight reweighted by the "
+                     "demo likelihood (`bayes_icl`) (methods.md A)", type=str,
+                     choices=("anchor_component", "anchor_density", "bayes_icl"), objective=("sdft",)),
+        fields.Field("sdft_direction", "static", "reverse", "loss KL(q || T) (`reverse`, BK26's analysis) or "
+                     "KL(T || q) (`forward`, SDFT's runs)", type=str, choices=("reverse", "forward"),
+                     objective=("sdft",)),
+        fields.Field("sdft_demo", "static", "new", "p_c of `anchor_density`: p_new* (`new`) or p* (`target`)",
+                     type=str, choices=("new", "target"), objective=("sdft",)),
+        fields.Field("teacher_ema", "traced", 0.01, "EMA rate alpha of the teacher weights, phi <- (1-alpha) phi + "
+                     "alpha theta every step (paper 0.01)", ge=0, le=1, symbol="α_ema", label="teacher EMA rate",
+                     objective=("sdft",)),
+        fields.Field("teacher_anchor", "traced", 0.1, "anchor strength a of `anchor_component` / `anchor_density`",
+                     ge=0, le=1, symbol="a", objective=("sdft",)),
+        fields.Field("sdft_demo_scale", "traced", 1.0, "`bayes_icl` demo noise tau_c in rho_k = N(c; m_k, s^2 + tau_c^2)",
+                     ge=0, symbol="τ_c", objective=("sdft",)),
+        fields.Field("sdft_is_cap", "traced", 2.0, "cap C of the forward Monte Carlo weights min(T/q, C)", gt=0,
+                     symbol="C", objective=("sdft",)),
+    ),
+    companion_update=ema_teacher))

@@ -39,9 +39,11 @@ from jax.scipy.special import logsumexp
 
 from .._types import Array, Float, PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_nodes
+from .. import fields
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
 from ._common import Estimate, population_frame, project_frame, sample_ancestral
+from .registry import Objective, register
 from .reverse_kl import population_reverse_kl
 from .reward import reward_function
 
@@ -148,6 +150,19 @@ def ttt_discover(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKey
     return surrogate, Estimate(sg(loss), ~jnp.any(is_old), sg(jnp.max(weights)))
 
 
-def frozen_reference(companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup) -> LearnerParams:
-    """q_ref = q_{theta(0)}: the companion starts at theta(0) and is never updated."""
-    return companion
+TTT_DISCOVER = register(Objective(
+    "ttt_discover", ttt_discover,
+    "entropic utility log E_q[e^{eta R}] with leave-one-out weights, KL-anchored to q_ref = theta(0) "
+    "(methods.md B; claims.md T8)",
+    fields=(
+        fields.Field("adaptive_eta", "static", True, "eta per group by bisection to KL(softmax(eta r) || uniform) = "
+                     "`entropic_kl_budget` (population: KL(q_eta || q)); false uses `entropic_eta`", type=bool,
+                     objective=("ttt_discover",)),
+        fields.Field("entropic_eta", "traced", 2.0, "fixed eta of the entropic utility (adaptive_eta=false)", gt=0,
+                     le=1e6, symbol="η_ent", label="entropic eta", objective=("ttt_discover",)),
+        fields.Field("entropic_kl_budget", "traced", 0.6931471805599453, "adaptive-eta KL budget delta (ln 2)", gt=0,
+                     symbol="δ", default_text="ln 2", objective=("ttt_discover",)),
+        fields.Field("kl_penalty", "traced", 0.0, "lambda of the KL penalty to q_ref = theta(0)", ge=0, symbol="λ_KL",
+                     label="KL penalty", objective=("ttt_discover",)),
+    ),
+))

@@ -41,16 +41,11 @@ EXTRA_SECTIONS = ("quick", "stores")
 
 
 def configs_dir() -> Path:
-    """`configs/reproduce/` of the source tree (forget-jax is installed editable)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "configs" / "reproduce"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        "configs/reproduce/ not found next to the forget_jax package; `forget-jax reproduce` needs the "
-        "source tree (pip install -e .)"
-    )
+    """The study configurations `configs/reproduce/`, shipped inside the package (package data,
+    found through importlib.resources, so an installed wheel has them too)."""
+    from ..config import packaged_configs
+
+    return packaged_configs() / "reproduce"
 
 
 # ---------------------------------------------------------------------------------------------

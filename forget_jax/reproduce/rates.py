@@ -5,7 +5,7 @@ For gradient descent with step eta the error e(t) = theta(t) - theta* obeys e(t+
 so ||theta(t) - theta*|| decays per step by the spectral radius rho = max_i |1 - eta lambda_i(H)|
 (= 1 - eta lambda_min for eta <= 2 / (lambda_min + lambda_max)), and the iteration is unstable for
 eta > 2 / lambda_max. theta = (logit beta, m_o, m_n) (logit GD, unit scales), H from
-`theory.rkl_hessian` (exact quadrature, the same population objective the simulation uses).
+`analysis.rkl_hessian` (exact quadrature, the same population objective the simulation uses).
 The measured rate is the log-linear least-squares slope of ||theta(t) - theta*|| on the tail of
 each run (`fitting.fit_exponential_rate`), with a 95% CI.
 """
@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import theory
+from .. import analysis, theory
 from .figures import DIVERGING, MARKERS, color, heatmap, label_panel, new_figure
 from .fitting import fit_exponential_rate, steps_to_threshold
 from .framework import Context, base_config, fmt
@@ -42,7 +42,7 @@ T5_EIGENVALUES = np.array([0.217, 0.379, 0.489])
 
 @lru_cache(maxsize=4096)
 def hessian(separation: float, target_old_weight: float) -> np.ndarray:
-    """theory.rkl_hessian (logit parameterisation, d = 1) as a float64 NumPy array (cached).
+    """analysis.rkl_hessian (logit parameterisation, d = 1) as a float64 NumPy array (cached).
 
     Evaluated in float32 (x64=False) so it never touches the process-wide x64 switch while other
     studies run; eigenvalues agree with float64 to ~1e-7."""
@@ -58,7 +58,7 @@ def hessian(separation: float, target_old_weight: float) -> np.ndarray:
 def _jitted_hessian():
     import jax
 
-    return jax.jit(lambda s, b: theory.rkl_hessian(s, b, weight_param="logit", dim=1, x64=False), static_argnums=(0, 1))
+    return jax.jit(lambda s, b: analysis.rkl_hessian(s, b, weight_param="logit", dim=1, x64=False), static_argnums=(0, 1))
 
 
 def prepare(stores) -> None:

@@ -17,7 +17,7 @@ def build_report(results: list[dict], *, quick: bool, runtime_s: float, out: Pat
     (list[StoreRecord]), notes, seconds."""
     import jax
 
-    from .. import __version__
+    from .._version import __version__
 
     claims = [c for r in results for c in r["claims"]]
     passed = sum(c.passed for c in claims)

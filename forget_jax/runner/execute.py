@@ -20,8 +20,9 @@ import jax
 import numpy as np
 import xarray as xr
 
-from .. import __version__
-from ..config import TRACED_FIELDS, SweepSpec
+from .. import fields
+from .._version import __version__
+from ..config import SweepSpec
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
@@ -52,7 +53,8 @@ def run_block(spec: SweepSpec, plan: Plan, block: Block, devices) -> tuple[dict[
     """Simulate one block; returns metrics (block.shape + (n_steps,)), diverged (block.shape), timing."""
     t0 = time.perf_counter()
     values = block_values(spec, block)
-    static = {k: values[k][0] for k in spec.axes if k not in TRACED_FIELDS}
+    traced = fields.names("traced")
+    static = {k: values[k][0] for k in spec.axes if k not in traced}
     config = spec.with_values(static)
     setup = config.setup()
     with precision(setup):
@@ -64,7 +66,7 @@ def _run_block(spec, plan, block, devices, setup, config, values, t0):
     padded = math.ceil(math.prod(plan.chunk_shape) / len(devices)) * len(devices)
     take = np.minimum(np.arange(padded), n - 1)
     arrays = {}
-    for field in TRACED_FIELDS:
+    for field in fields.names("traced"):
         column = np.asarray(values[field], dtype=np.float64) if field in values else np.full(n, getattr(config, field))
         arrays[field] = column[take]
     arrays["seed"] = np.asarray(values["seed"], dtype=np.int64)[take]

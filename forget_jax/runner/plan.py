@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import STATIC_FIELDS, SweepSpec
+from .. import fields
+from ..config import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def make_plan(spec: SweepSpec, chunk_size: int | None = None, chunk_shape: tuple
     """Split the grid into blocks of at most `chunk_size` configurations (or reuse `chunk_shape`,
     e.g. the chunking of an existing store on resume)."""
     shape = spec.shape
-    n_static = sum(1 for k in spec.axes if k in STATIC_FIELDS)
+    static = fields.names("static")
+    n_static = sum(1 for k in spec.axes if k in static)
     if chunk_shape is None:
         chunk_size = chunk_size or default_chunk_size(spec)
         if chunk_size < 1:

@@ -1,0 +1,112 @@
+"""The objectives registry: one `Objective` per training objective, all with one interface.
+
+An objective is a loss with the signature
+
+    loss(params, hyper, setup, key, companion) -> (surrogate, Estimate)
+
+whose gradient in `params` is the (estimated) gradient of the objective
+(docs/science/objectives.md); `companion` is a second copy of theta carried by the training loop
+(an EMA teacher, a lagged policy, the reference theta(0)) that objectives without one ignore. It
+travels with its knobs (`fields`, declared in the field table on registration), its cross-field
+`rules`, the optional `companion_update(companion, params, step, hyper, setup)` applied after every
+optimiser step, and an optional `preset` (values filled in for unset keys, e.g. CRNC25's setting).
+
+Adding an objective is one file under objectives/ plus one `register(...)` call: it then
+validates, sweeps, lands in the store and gets plot labels with no edit elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import fields
+from .._types import PRNGKeyArray, Scalar
+from ..model import LearnerParams
+from ..spec import Hyper, Setup
+from ._common import Estimate
+
+
+class Loss(Protocol):
+    def __call__(self, params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
+                 companion: LearnerParams) -> tuple[Scalar, Estimate]: ...
+
+
+CompanionUpdate = Callable[[LearnerParams, LearnerParams, Any, Hyper, Setup], LearnerParams]
+
+
+def keep_companion(companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup) -> LearnerParams:
+    """The default companion update: the companion stays theta(0)."""
+    return companion
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered training objective.
+
+    Attributes:
+        name: the value of the `objective` config key.
+        loss: the surrogate (module doc); its gradient estimates the objective's gradient.
+        doc: one line (with its docs/science section) for the docs table and `--help`.
+        fields: the objective's own knobs (fields.Field with `objective=(name,)`).
+        rules: its cross-field rules (fields.Rule).
+        companion_update: how the companion evolves (default: stays theta(0)).
+        preset: values for keys the user leaves unset (e.g. CRNC25's whole setting).
+        supports_replay: the objective reads `replay_ratio` (otherwise replay_ratio > 0 is rejected).
+    """
+
+    name: str
+    loss: Loss
+    doc: str = ""
+    fields: tuple[fields.Field, ...] = ()
+    rules: tuple[fields.Rule, ...] = ()
+    companion_update: CompanionUpdate = keep_companion
+    preset: Mapping[str, Any] | None = None
+    supports_replay: bool = False
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def _replay_rule(v: Mapping[str, Any]) -> str | None:
+    objective = OBJECTIVES.get(v["objective"])
+    if objective is not None and not objective.supports_replay and v["replay_ratio"] > 0:
+        with_replay = " / ".join(k for k, o in OBJECTIVES.items() if o.supports_replay)
+        return (f"replay_ratio={v['replay_ratio']} has no meaning under objective={v['objective']} "
+                f"(replay is defined for {with_replay} only); set replay_ratio=0")
+    return None
+
+
+fields.add_rule(fields.Rule(("objective", "replay_ratio"), _replay_rule, "replay needs an objective that reads it"))
+
+
+def register(objective: Objective) -> Objective:
+    """Add an objective: its knobs enter the field table, its rules the rule list, its name the
+    choices of the `objective` field. Re-registering the same object is a no-op."""
+    if OBJECTIVES.get(objective.name) is objective:
+        return objective
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name!r} is already registered")
+    fields.declare(*objective.fields, owner=objective.loss.__module__)
+    for rule in objective.rules:
+        fields.add_rule(rule)
+    OBJECTIVES[objective.name] = objective
+    fields.set_choices("objective", tuple(OBJECTIVES))
+    return objective
+
+
+def unregister(name: str) -> None:
+    """Remove an objective and its knobs (tests that register a toy objective clean up with it)."""
+    objective = OBJECTIVES.pop(name)
+    for rule in objective.rules:
+        fields.remove_rule(rule)
+    fields.undeclare(*(f.name for f in objective.fields))
+    fields.set_choices("objective", tuple(OBJECTIVES))
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"objective={name!r} is not registered; registered: {', '.join(OBJECTIVES)}") from None
