@@ -5,7 +5,7 @@ objectives, as opposed to the closed forms of theory.py.
   equals the Fisher information; docs/science/claims.md T5).
 * `fisher_information`: E_{p*}[grad log q grad log q^T] of the model's own log-density, by
   quadrature (T5).
-* `adaptive_eta`: the engine's TTT-Discover eta solver (methods.md B step 1).
+* `adaptive_eta`: the engine's TTT-Discover eta solver (docs/science/methods.md B step 1).
 
 These are measurements of the engine, checked in tests against the closed forms of theory.py
 (e.g. `theory.separated_limit_fisher`) and independent computations; theory.py never imports
@@ -83,5 +83,5 @@ def _fisher(setup, separation, target_old_weight, dim, order):
 
 def adaptive_eta(rewards, budget=math.log(2.0)) -> Scalar:
     r"""TTT-Discover's adaptive eta per group (rewards of shape (..., G)):
-    KL(softmax(eta r) || Uniform_G) = budget (methods.md B step 1); the engine's own solver."""
+    KL(softmax(eta r) || Uniform_G) = budget (docs/science/methods.md B step 1); the engine's own solver."""
     return group_eta(jnp.asarray(rewards), budget)

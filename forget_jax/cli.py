@@ -163,7 +163,7 @@ def reproduce(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/reproduce"),
     quick: Annotated[bool, typer.Option(help="reduced grids that run in minutes on a laptop CPU")] = False,
 ):
-    """Regenerate a study of theory.md: stores, figures and a PASS/FAIL report."""
+    """Regenerate a study of docs/science/studies.md: stores, figures and a PASS/FAIL report."""
     with user_errors():
         from .reproduce import run_studies
 

@@ -34,7 +34,7 @@ def mixture_expectation(
 
 
 def kl_divergence(p: Mixture, q: Mixture, order: int) -> Scalar:
-    r"""KL(p || q) = E_p[log p - log q] by quadrature under p (theory.md section 1, objectives)."""
+    r"""KL(p || q) = E_p[log p - log q] by quadrature under p (docs/science/model.md section 1, objectives)."""
     return mixture_expectation(p, lambda x: p.log_prob(x) - q.log_prob(x), order)
 
 
@@ -60,7 +60,7 @@ def log_mean_exp(mixture: Mixture, fn: Callable[[Float[Array, "n k"]], Float[Arr
     Per component $\log E_{N_k}[e^{fn}] = \text{logsumexp}_j(\log w_j + fn(m_k + s_k z_j))$, combined
     with the weight through gaussian.py's `_log_mix` (finite derivative at beta in {0, 1}).
     Differentiable in every mixture parameter (reparameterised nodes). Used for the entropic
-    utility log E_q[e^{eta R}] (methods.md B) and V* = beta_1 log E_{q_lag}[e^{r / beta_1}] (C).
+    utility log E_q[e^{eta R}] (docs/science/methods.md B) and V* = beta_1 log E_{q_lag}[e^{r / beta_1}] (C).
     """
     k = mixture.old_mean.shape[-1]
     nodes, log_w = _log_rule(order, k, mixture.old_mean.dtype)
@@ -76,7 +76,7 @@ def mixture_nodes(mixture: Mixture, order: int) -> tuple[Float[Array, "n k"], Fl
     r"""All 2 n^k quadrature points of a mixture and their log weights (log beta + log w_j for the
     old component, log(1 - beta) + log w_j for the new): the discrete distribution whose
     expectations are those of `mixture_expectation`. For quantities that need the whole node
-    distribution at once (the population adaptive eta of methods.md B); no gradient intended."""
+    distribution at once (the population adaptive eta of docs/science/methods.md B); no gradient intended."""
     k = mixture.old_mean.shape[-1]
     nodes, log_w = _log_rule(order, k, mixture.old_mean.dtype)
     points = jnp.concatenate([mixture.old_mean + mixture.old_scale * nodes, mixture.new_mean + mixture.new_scale * nodes])

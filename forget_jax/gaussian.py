@@ -1,7 +1,7 @@
 """Gaussian primitives shared by the simulation, the metrics and the theory module.
 
 Everything here is a pure function of arrays; no formula below is written anywhere else in
-forget-jax (theory.md sections 1-2: components N(x; m, s^2 I), responsibilities, Bhattacharyya).
+forget-jax (docs/science/model.md sections 1-2: components N(x; m, s^2 I), responsibilities, Bhattacharyya).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def old_responsibility(
     old_scale: Scalar,
     new_scale: Scalar,
 ) -> Float[Array, "..."]:
-    r"""Responsibility of the old component, $w_o(x) = \beta N_o(x) / q(x)$ (theory.md section 1)."""
+    r"""Responsibility of the old component, $w_o(x) = \beta N_o(x) / q(x)$ (docs/science/model.md section 1)."""
     log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
     a = jnp.log(old_weight) + log_o
     b = jnp.log1p(-old_weight) + log_n
@@ -99,7 +99,7 @@ def old_responsibility(
 
 
 def bhattacharyya_coefficient(mean_1: Float[Array, " k"], mean_2: Float[Array, " k"], scale: Scalar) -> Scalar:
-    r"""Bhattacharyya coefficient of two equal-covariance Gaussians (theory.md D3).
+    r"""Bhattacharyya coefficient of two equal-covariance Gaussians (docs/science/model.md D3).
 
     $BC = \int \sqrt{N_1 N_2}\,dx = \exp(-\Delta_{12}^2/8)$ with the Mahalanobis distance
     $\Delta_{12} = \lVert m_1 - m_2\rVert / s$.

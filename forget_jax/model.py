@@ -1,6 +1,6 @@
 """The two-mode Gaussian mixture: target p*, learner q_theta, and its parameterisations.
 
-theory.md section 1: q_theta(x) = beta N(x; m_o, s_o^2 I) + (1 - beta) N(x; m_n, s_n^2 I),
+docs/science/model.md section 1: q_theta(x) = beta N(x; m_o, s_o^2 I) + (1 - beta) N(x; m_n, s_n^2 I),
 p* = beta* N(mu_o*, s_o*^2 I) + (1 - beta*) N(mu_n*, s_n*^2 I), all means on the separation axis e_1
 at initialisation.
 """
@@ -52,7 +52,7 @@ class Mixture(eqx.Module):
 
 class LearnerParams(eqx.Module):
     """Trainable parameters theta. `weight` is a = logit(beta) under the `logit` update rule and
-    beta itself under `direct` / `replicator` (theory.md section 1, update rules (a)-(c))."""
+    beta itself under `direct` / `replicator` (docs/science/model.md section 1, update rules (a)-(c))."""
 
     weight: Scalar
     old_mean: Float[Array, " d"]
@@ -67,7 +67,7 @@ def axis(dim: int, dtype) -> Float[Array, " d"]:
 
 
 def target_mixture(hyper: Hyper, setup: Setup) -> Mixture:
-    """p* of theory.md section 1: mu_o* = target_old_mean e_1, mu_n* = mu_o* + Delta s_o e_1."""
+    """p* of docs/science/model.md section 1: mu_o* = target_old_mean e_1, mu_n* = mu_o* + Delta s_o e_1."""
     e1 = axis(setup.dim, setup.dtype)
     old_mean = hyper.target_old_mean * e1
     new_mean = old_mean + hyper.separation * hyper.target_old_scale * e1

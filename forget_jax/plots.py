@@ -1,10 +1,10 @@
-"""Figures from a results store: phase diagrams, line plots and trajectories (theory.md section 4).
+"""Figures from a results store: phase diagrams, line plots and trajectories (docs/science/studies.md section 4).
 
 `plot_store(ds, x, y, var, step, sel, out)` draws one of three views of a store written by
 `forget-jax sweep` (dims: grid axes..., `seed`, `step`; see store.py):
 
 * **phase diagram** (x and y two grid axes): a heatmap of `var` at one logged step, the PD1-PD4
-  views of theory.md section 4 (e.g. final beta over separation Delta x replay ratio lambda).
+  views of docs/science/studies.md section 4 (e.g. final beta over separation Delta x replay ratio lambda).
 * **line plot** (x a grid axis, no y): `var` at one logged step against x, one line per value of
   the first other grid axis with more than one value (PD1, PD4).
 * **trajectory** (x = 'step', or no grid axis left): `var` against the logged step, one line per
@@ -70,7 +70,7 @@ def label(name: str) -> str:
 def theory_overlay(var: str, *, objective: str | None, replay_ratio=None, batch_size=None, old_weight=None,
                    estimator: str | None = "score", sampling: str | None = "ancestral",
                    train_weight: bool | None = True) -> np.ndarray | None:
-    r"""The theoretical value of `var` where theory.md has one, broadcast over the array arguments.
+    r"""The theoretical value of `var` where docs/science/claims.md has one, broadcast over the array arguments.
 
     * `old_weight`, objective `fkl`: the population optimum of KL(p_lambda || q_theta),
       beta = lambda (T2; `theory.fkl_replay_optimum`). None when the weight is frozen.
@@ -622,7 +622,7 @@ def plot_store(ds: xr.Dataset, x: str | None = None, y: str | None = None, var: 
                out: str | Path | None = None) -> Path:
     """Draw `var` from a store and save it to `out` (.png at 150 dpi, .pdf or .svg); return the path.
 
-    Which view (theory.md section 4):
+    Which view (docs/science/studies.md section 4):
 
     * x and y two grid axes -> phase diagram: heatmap of `var` at `step` (PD1, PD3, PD4);
     * x a grid axis, no y -> `var` at `step` against x, one line per value of the first other
@@ -643,7 +643,7 @@ def plot_store(ds: xr.Dataset, x: str | None = None, y: str | None = None, var: 
             always are, except on line plots, which show the seed range as a band.
         out: the image file; parent folders are created. Default `<sweep name>.<var>.png`.
 
-    Runs flagged `diverged` are masked before averaging and counted in the title. Where theory.md
+    Runs flagged `diverged` are masked before averaging and counted in the title. Where docs/science/claims.md
     has a closed form for `var` on the drawn axes, it is overlaid dashed (`theory_overlay`:
     beta = lambda under FKL, T2; ((1 - lambda)(1 - beta))^B for starvation, D6/T6).
 

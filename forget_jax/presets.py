@@ -2,7 +2,7 @@
 
 `CHEN2025` is the two-mode toy of Chen, Razin, Narasimhan and Chen (2025), "Retaining by doing"
 (CRNC25; code `simulation/settings.py::TwoModeSetting` with `simulation/run.py::fit_forward_kl`
-and `fit_reinforce`), as transcribed in theory.md section 5:
+and `fit_reinforce`), as transcribed in docs/science/studies.md section 5:
 
 * grid x in [-8, 8] with 500 points (overlap metrics, trapezoid rule);
 * 200 iterations of 1000 samples each, plain SGD;
@@ -15,7 +15,7 @@ and `fit_reinforce`), as transcribed in theory.md section 5:
 
 In forget-jax terms the target new mean is mu_o* + separation * s_o* = -3.0 + 6.5 * 1.0 = 3.5 and
 the learner's means are offsets from the target's: -3.0 - 0.5 = -3.5 and 3.5 - 3.0 = 0.5.
-theory.md section 6, fact 11: this preset, run with the `chen2025_fkl` / `chen2025_rkl`
+docs/science/claims.md fact 11: this preset, run with the `chen2025_fkl` / `chen2025_rkl`
 estimators, follows the CRNC25 code within Monte Carlo noise (tests/test_chen2025.py).
 """
 
@@ -28,19 +28,19 @@ import numpy as np
 from . import fields
 from .spec import Hyper, Setup, make_hyper
 
-#: CRNC25 learning rates per objective (theory.md section 5: FWD_LR = [0.15, 0.01], REV_LR = [0.01]).
+#: CRNC25 learning rates per objective (docs/science/studies.md section 5: FWD_LR = [0.15, 0.01], REV_LR = [0.01]).
 CHEN2025_LEARNING_RATES: dict[str, tuple[float, ...]] = {
     "chen2025_fkl": (0.15, 0.01),
     "chen2025_rkl": (0.01,),
 }
 
-#: Position of the target's old mode and of the learner's initial new mode (theory.md section 5).
+#: Position of the target's old mode and of the learner's initial new mode (docs/science/studies.md section 5).
 CHEN2025_TARGET_OLD_MEAN: float = -3.0
 CHEN2025_INIT_NEW_MEAN: float = 0.5
 #: Target new-mode positions of CRNC25's `simulation/sweep.py` (mean_dist figure; section 4).
 CHEN2025_SWEEP_NEW_MODE_POSITIONS: tuple[float, ...] = (4.5, 5.5, 6.5)
 
-#: The CRNC25 TwoModeSetting as a flat dict (theory.md section 5). Every key is a Setup or Hyper
+#: The CRNC25 TwoModeSetting as a flat dict (docs/science/studies.md section 5). Every key is a Setup or Hyper
 #: field name except `learning_rates`, the default learning rate per objective (FKL 0.15,
 #: RKL 0.01); `objective` and `learning_rate` here are the first FKL panel (lr 0.15).
 CHEN2025: dict[str, object] = dict(
@@ -88,7 +88,7 @@ def chen2025_setup_and_hyper(
     seeds: Sequence[int] | int = (0,),
     new_mode_position: float | None = None,
 ) -> tuple[Setup, Hyper]:
-    """The CRNC25 TwoModeSetting (theory.md section 5) as a (Setup, batched Hyper) pair.
+    """The CRNC25 TwoModeSetting (docs/science/studies.md section 5) as a (Setup, batched Hyper) pair.
 
     Args:
         objective: `chen2025_fkl` (their `fit_forward_kl`) or `chen2025_rkl` (their

@@ -11,7 +11,7 @@ against scipy.integrate.quad is <= 1.5e-5 (about 1e-4 with unequal scales) for s
 10, and it shrinks as n grows (tests/test_engine_quadrature.py). Raise `quadrature_order` for
 tighter population values.
 
-Reduction to a subspace (theory.md section 1, "reduces exactly to 1-D"): when every component
+Reduction to a subspace (docs/science/model.md section 1, "reduces exactly to 1-D"): when every component
 has the same isotropic scale, densities of x depend on x only through its projection onto the
 affine span of the component means, because the orthogonal part contributes the same factor to
 every component. `expect` therefore integrates in the k-dimensional coordinates y = B^T (x - o)

@@ -157,18 +157,18 @@ def rkl_drift_envelope(min_separation) -> Scalar:
 
 
 # ---------------------------------------------------------------------------------------------
-# T7-T9: SDFT, TTT-Discover and OAPL in the mixture lens (methods.md sections 0, A-D [PROPOSAL]).
+# T7-T9: SDFT, TTT-Discover and OAPL in the mixture lens (docs/science/methods.md sections 0, A-D [PROPOSAL]).
 # Conventions: component N(m, s^2 I_d); weights are old weights beta; logit = log(beta/(1-beta)).
 # "Separated limit": the components of every mixture involved coincide (or are far apart), so
 # KL between two such mixtures reduces to the KL of their weights (overlap corrections O(BC)).
 
 
-# --- tilts and their mass factors (methods.md section 0) -------------------------------------
+# --- tilts and their mass factors (docs/science/methods.md section 0) -------------------------------------
 
 
 def log_mass_factor_quadratic(mean, center, width, eta, scale) -> Scalar:
     r"""log M = log E_{y ~ N(m, s^2 I_d)}[e^{eta R(y)}] for R(y) = -|y - mu|^2 / (2 rho^2)
-    (methods.md section 0 with alpha = 1 / (2 rho^2), a = eta alpha):
+    (docs/science/methods.md section 0 with alpha = 1 / (2 rho^2), a = eta alpha):
     M = (1 + 2 a s^2)^{-d/2} exp(-a |m - mu|^2 / (1 + 2 a s^2))."""
     m, mu = jnp.atleast_1d(jnp.asarray(mean)), jnp.atleast_1d(jnp.asarray(center))
     d = m.shape[-1]
@@ -178,7 +178,7 @@ def log_mass_factor_quadratic(mean, center, width, eta, scale) -> Scalar:
 
 
 def log_mass_factor_linear(mean, slope, eta, scale) -> Scalar:
-    r"""log M = log E_{N(m, s^2 I)}[e^{eta w . y}] = eta w . m + eta^2 s^2 |w|^2 / 2 (methods.md section 0)."""
+    r"""log M = log E_{N(m, s^2 I)}[e^{eta w . y}] = eta w . m + eta^2 s^2 |w|^2 / 2 (docs/science/methods.md section 0)."""
     m, w = jnp.atleast_1d(jnp.asarray(mean)), jnp.atleast_1d(jnp.asarray(slope))
     eta = jnp.asarray(eta)
     return eta * jnp.sum(w * m, axis=-1) + 0.5 * jnp.square(eta * scale) * jnp.sum(jnp.square(w), axis=-1)
@@ -207,7 +207,7 @@ def tilted_mean_linear(mean, slope, eta, scale):
 
 
 def tilt_logit(logit_weight, log_m_old, log_m_new) -> Scalar:
-    r"""Mixture tilt q e^{eta R} / Z: logit beta' = logit beta + log(M_o / M_n) (methods.md section 0;
+    r"""Mixture tilt q e^{eta R} / Z: logit beta' = logit beta + log(M_o / M_n) (docs/science/methods.md section 0;
     T8 per step, T9 per sync with eta = 1 / beta, SDFT `bayes_icl` with M_k = rho_k)."""
     return jnp.asarray(logit_weight) + jnp.asarray(log_m_old) - jnp.asarray(log_m_new)
 
@@ -233,7 +233,7 @@ def entropic_logit_gradient(old_weight, log_m_old, log_m_new) -> Scalar:
 
 
 def kl_anchored_fixed_point(reference_weight, log_m_old, log_m_new) -> Scalar:
-    r"""theory.md T8: the maximiser of E_q[R] - (1/eta) KL(q || q_ref) is q_ref e^{eta R} / Z, so
+    r"""docs/science/claims.md T8: the maximiser of E_q[R] - (1/eta) KL(q || q_ref) is q_ref e^{eta R} / Z, so
     beta_inf = beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) (M_k under q_ref's components).
     With a constant reward gap dR = R_n - R_o: beta_ref / (beta_ref + (1 - beta_ref) e^{eta dR})."""
     return tilt_weight(reference_weight, log_m_old, log_m_new)
@@ -241,7 +241,7 @@ def kl_anchored_fixed_point(reference_weight, log_m_old, log_m_new) -> Scalar:
 
 def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, iterations: int = 200) -> Scalar:
     r"""Stationary old weight of TTT-Discover's actual objective J - lambda KL(q || q_ref),
-    J = log E_q[e^{eta R}] (methods.md B step 4; lambda not scaled by 1/eta), at fixed components
+    J = log E_q[e^{eta R}] (docs/science/methods.md B step 4; lambda not scaled by 1/eta), at fixed components
     equal to q_ref's, separated limit [R, derived here]:
 
         d J / d logit beta = beta (1 - beta) (M_o - M_n) / (beta M_o + (1 - beta) M_n),
@@ -304,7 +304,7 @@ def sdft_anchor_density_weight(teacher_weight, anchor, demo_old_weight=0.0) -> S
 
 
 def sdft_bayes_icl_log_odds(demo, old_mean, new_mean, old_scale, new_scale, demo_scale) -> Scalar:
-    r"""log(rho_o / rho_n), rho_k = N(c; m_k, (s_k^2 + tau_c^2) I) (T7 Example C; methods.md A op. 4):
+    r"""log(rho_o / rho_n), rho_k = N(c; m_k, (s_k^2 + tau_c^2) I) (T7 Example C; docs/science/methods.md A op. 4):
     logit beta_T = logit beta_phi + log(rho_o / rho_n)."""
     c = jnp.atleast_1d(jnp.asarray(demo))
     tau2 = jnp.square(demo_scale)
@@ -336,7 +336,7 @@ def sdft_ema_weights(steps: int, init_weight, learning_rate, ema, teacher_map, d
                      ) -> Float[Array, " T"]:
     r"""beta_theta(t), t = 0..steps, of SDFT's coupled student / EMA-teacher dynamics in the separated
     limit with the components of student, teacher and demo coinciding (means at truth), logit GD
-    and the EMA in logit space (methods.md A):
+    and the EMA in logit space (docs/science/methods.md A):
 
         a_{t+1}   = a_t - lr g(a_t, logit beta_T(sigmoid(phi_t))),   phi_{t+1} = (1 - alpha) phi_t + alpha a_{t+1},
 

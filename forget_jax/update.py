@@ -1,6 +1,6 @@
 """Parameter updates: weight parameterisation, freeze flags, per-group learning rates, optax.
 
-theory.md section 1, update rules:
+docs/science/model.md section 1, update rules:
   (a) `direct`:     beta <- clip(beta - eta * dL/dbeta, eps, 1 - eps)            (CRNC25)
   (b) `logit`:      a <- a - eta * dL/da,  beta = sigmoid(a)
   (c) `replicator`: beta <- clip(beta - eta * beta (1 - beta) dL/dbeta, eps, 1 - eps)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CRNC25's two-mode toy (theory.md section 5): forward KL at their learning rates 0.15 and 0.01
+# CRNC25's two-mode toy (docs/science/studies.md section 5): forward KL at their learning rates 0.15 and 0.01
 # (configs/chen2025.yaml) and their surrogate REINFORCE at 0.01 (configs/chen2025_rkl.yaml),
 # 8 seeds each, 200 iterations of 1000 samples, overlaps logged at every iteration.
 set -euo pipefail

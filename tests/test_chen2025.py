@@ -1,10 +1,10 @@
-"""The CRNC25 toy (Chen, Razin, Narasimhan, Chen 2025; theory.md sections 4-5, fact 11 of section 6).
+"""The CRNC25 toy (Chen, Razin, Narasimhan, Chen 2025; docs/science/studies.md sections 4-5, docs/science/claims.md fact 11).
 
 An independent plain-NumPy reference of their `fit_forward_kl` / `fit_reinforce` update equations
-(theory.md section 5, with every +1e-12 of their code) is run for several seeds and compared with
+(docs/science/studies.md section 5, with every +1e-12 of their code) is run for several seeds and compared with
 the forget-jax `chen2025` preset run for 32 seeds in one vmapped `simulate` call.
 
-Also checked: the initial overlaps, and theory.md's statement on the expected update direction of
+Also checked: the initial overlaps, and the statement in docs/science/studies.md on the expected update direction of
 the surrogate REINFORCE estimator. That statement holds for the new group (mu_2, s_2) and in exact
 expectation without the +1e-12 terms, but not for the old group (pi_1, mu_1, s_1) as the code
 runs: see the `test_rkl_*` tests below.
@@ -23,7 +23,7 @@ from forget_jax import init_params, simulate
 from forget_jax.objectives import OBJECTIVES
 from forget_jax.presets import CHEN2025, chen2025_setup_and_hyper
 
-# --- CRNC25 TwoModeSetting, transcribed from theory.md section 5 (independently of the preset) ---
+# --- CRNC25 TwoModeSetting, transcribed from docs/science/studies.md section 5 (independently of the preset) ---
 X_GRID = np.linspace(-8.0, 8.0, 500)
 TARGET = ((0.75, -3.0, 1.0), (0.25, 3.5, 0.7))  # (weight, mean, std) of p's old / new component
 THETA0 = (0.75, -3.5, 1.0, 0.5, 0.7)  # (pi1, mu1, s1, mu2, s2) of the initial learner q
@@ -219,7 +219,7 @@ def grad_q(x, theta):
 
 
 def rkl_expectations(theta, lo=-40.0, hi=40.0, n=400_001):
-    """Quadrature of the surrogate-REINFORCE ascent direction at theta (theory.md section 5):
+    """Quadrature of the surrogate-REINFORCE ascent direction at theta (docs/science/studies.md section 5):
     claim = (1/(1-pi1)) E_q[(log N(x;3.5,.7) - log N(x;mu2,s2)) grad log q];
     floored = the same with R = log(p2/q2/tau + 1e-12) (the engine's expectation);
     theirs = E_{N(mu2,s2)}[R (q + 1e-12)/(q2 + 1e-12) grad q/(q + 1e-12)] (their code's);
@@ -272,7 +272,7 @@ def test_rkl_constants_vanish_only_in_exact_expectation():
 
 def test_rkl_new_group_expectation_reproduced():
     """For (mu2, s2) iw * (1 - r1) = 1, so the estimator is R * d log N2 (finite variance) and
-    theory.md's direction holds: quadrature (claim, engine's, theirs) agree, and 1e6-sample NumPy
+    the direction in docs/science/studies.md holds: quadrature (claim, engine's, theirs) agree, and 1e6-sample NumPy
     and engine estimates match within 5 standard errors."""
     e = rkl_expectations(THETA0)
     for key in ("floored", "theirs"):
@@ -288,7 +288,7 @@ def test_rkl_new_group_expectation_reproduced():
 
 
 def test_rkl_old_group_expectation_not_reproduced():
-    """theory.md section 5's expected direction does NOT describe the old group (pi1, mu1, s1):
+    """docs/science/studies.md section 5's expected direction does NOT describe the old group (pi1, mu1, s1):
     * the +1e-12 reward floor (their code and the engine) changes the exact expectation, because it
       lives in the old mode (x < -3.1 where p2/q2/tau < 1e-12), and their +1e-12 in the iw
       denominator changes it again: at theta0 pi1: claim -97.96, floored -82.38, theirs -64.80;

@@ -99,7 +99,7 @@ def test_user_keys_and_grid_win_over_base():
 
 
 # ---------------------------------------------------------------------------------------------
-# the chen2025 preset: CRNC25's TwoModeSetting (theory.md section 5), numbers written out here
+# the chen2025 preset: CRNC25's TwoModeSetting (docs/science/studies.md section 5), numbers written out here
 
 
 def _crnc25_checks(base):

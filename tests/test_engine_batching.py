@@ -1,4 +1,4 @@
-"""Engine properties behind every fact of theory.md section 6: a vmapped batch equals the same
+"""Engine properties behind every fact of docs/science/claims.md section 6: a vmapped batch equals the same
 configurations run one at a time, one compiled program serves any batch of traced values of the
 same shape, float32 agrees with float64, and a diverging configuration is isolated from the rest
 of its batch.

@@ -1,7 +1,7 @@
 """The engine's population quadrature (Gauss-Hermite, forget_jax.quadrature / divergence) against
 scipy.integrate.quad: KL values of two-component mixtures, directly and as logged metrics.
 
-Every population fact of theory.md section 6 (3-8, 12) rests on these expectations. Measured
+Every population fact of docs/science/claims.md section 6 (3-8, 12) rests on these expectations. Measured
 accuracy of the default 64-node rule: ~1e-5 relative for KL at Delta = 4..8 (not float64
 round-off; see the report), far below float32 simulation needs.
 """

@@ -1,4 +1,4 @@
-"""Forward KL (SFT) facts of theory.md section 6: 3 (mass forgetting in all three weight
+"""Forward KL (SFT) facts of docs/science/claims.md section 6: 3 (mass forgetting in all three weight
 parameterisations, the gradient at beta = 0), 4 (replay lambda moves the optimum to beta = lambda),
 5 (a learnable old mean is recruited toward the new mode), the forward-KL half of 12
 (p_train = q_theta gives a zero expected gradient) and the engine's misassignment metrics (fact 2).
@@ -32,7 +32,7 @@ def log_normal(x, mean):
 
 def fkl_reference(separation, init_weight, init_old, init_new, replay, learning_rate, steps, weight_param,
                   train_means=True, weight_clip=1e-3, h=0.01):
-    """NumPy GD on L_F = KL(p_lambda || q_theta) (theory.md section 1, 1-D, sigma = 1), vectorised
+    """NumPy GD on L_F = KL(p_lambda || q_theta) (docs/science/model.md section 1, 1-D, sigma = 1), vectorised
     over configurations. p_lambda = lambda N(0,1) + (1-lambda) N(Delta,1). Gradients
     (section 1): dL/dbeta = -E_p[(N_o - N_n)/q], dL/dm_o = -E_p[w_o (x - m_o)],
     dL/dm_n = -E_p[w_n (x - m_n)], each a trapezoid sum on a grid of step h. Update rules (a)-(c):
@@ -130,7 +130,7 @@ def trainable_run():
 
 
 def test_fkl_weight_gradient_vanishes_at_zero_and_is_positive():
-    """theory.md section 6 fact 3 / T1.2-T1.4: with p_train = p_new and means at truth,
+    """docs/science/claims.md fact 3 / T1.2-T1.4: with p_train = p_new and means at truth,
     dL_F/dbeta(0) = -E_{N_n}[N_o/N_n - 1] = 0 and dL_F/dbeta > 0 on (0, 1); jax.grad of the
     engine's population objective (direct parameterisation, float64) against scipy quad of
     -int p_new (N_o - N_n)/q. Also T1.5: d2L_F/dbeta2(0) = chi^2(N_o || N_n) = e^{Delta^2} - 1, and
@@ -174,7 +174,7 @@ def test_fkl_weight_gradient_vanishes_at_zero_and_is_positive():
 
 
 def test_fkl_direct_weight_hits_zero(direct_run):
-    """theory.md section 6 fact 3 (a) / T1 (a): Euclidean GD on beta with beta0 = .5, eta = 1e-3
+    """docs/science/claims.md fact 3 (a) / T1 (a): Euclidean GD on beta with beta0 = .5, eta = 1e-3
     drives beta to exactly 0 in finite time. The engine trajectory equals the NumPy GD reference
     (same update rule, trapezoid expectations) at every logged step; beta(370) = .037 as quoted; in
     the separated limit (Delta = 8) it follows (1-beta)^2 = (1-beta0)^2 + 2 eta t and reaches 0 at
@@ -257,7 +257,7 @@ def test_fkl_replicator_weight_decays_exponentially(replicator_run):
 
 
 def test_fkl_replay_optimum_is_lambda(trainable_run):
-    """theory.md section 6 fact 4 / T2: with p_train = (1-lambda) p_new + lambda p_old the population
+    """docs/science/claims.md fact 4 / T2: with p_train = (1-lambda) p_new + lambda p_old the population
     minimiser is q = p_lambda, so beta -> lambda and both means -> truth (tolerance 1e-3 at Delta = 4,
     logit GD, beta0 = .5, m_n(0) = mu_n* - 1); KL(p_train || q) -> 0."""
     setup, out = trainable_run
@@ -270,7 +270,7 @@ def test_fkl_replay_optimum_is_lambda(trainable_run):
 
 
 def test_fkl_recruits_learnable_old_mean(trainable_run):
-    """theory.md section 6 fact 5 / T1 (learnable m_o, lambda = 0): the old mean is recruited toward
+    """docs/science/claims.md fact 5 / T1 (learnable m_o, lambda = 0): the old mean is recruited toward
     the new data. Logit GD, Delta = 4, eta = .1, 2e4 steps from theta(0) = (.5, 0, 4): the engine
     trajectory equals the NumPy GD reference (1e-3), ending near the quoted m_o = 2.76, beta = .0062."""
     setup, out = trainable_run
@@ -286,7 +286,7 @@ def test_fkl_recruits_learnable_old_mean(trainable_run):
 
 
 def test_fkl_with_p_train_equal_to_q_has_zero_gradient(trainable_run):
-    """theory.md section 6 fact 12 (forward half): if p_train = q_theta (replay_ratio = beta = .3,
+    """docs/science/claims.md fact 12 (forward half): if p_train = q_theta (replay_ratio = beta = .3,
     means at truth) the expected forward-KL gradient is 0: the population run does not move
     (to the 64-node quadrature accuracy, ~1e-6 per unit time: see the report) while the control
     with beta0 = .5 != lambda moves to beta = .3. jax.grad at that point is ~0 in float64."""
@@ -308,7 +308,7 @@ def test_fkl_with_p_train_equal_to_q_has_zero_gradient(trainable_run):
 
 
 def test_engine_misassignment_metrics_match_scipy(trainable_run):
-    """theory.md section 6 fact 2 on the engine's logged metrics: at logged steps of the recruited
+    """docs/science/claims.md fact 2 on the engine's logged metrics: at logged steps of the recruited
     run (fact 5) the metrics `soft_misassignment` = E_{x ~ p_old}[w_n^q(x)] and
     `hard_misassignment` = P_{x ~ p_old}[w_n^q(x) > 1/2], with q the current learner
     (beta, m_o, m_n read from the same log), equal scipy quad / root-finding references.

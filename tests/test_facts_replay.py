@@ -1,4 +1,4 @@
-"""Replay and finite batches under reverse KL: theory.md section 6 facts 9 (bounded importance
+"""Replay and finite batches under reverse KL: docs/science/claims.md facts 9 (bounded importance
 weights, unbiased reweighting, a lambda-independent fixed point), 10 (old-mode starvation
 frequency) and the score-estimator half of 12 (target = initial q gives a zero update).
 
@@ -53,7 +53,7 @@ def score_run():
 
 
 def test_importance_weights_are_bounded(score_run):
-    """theory.md section 6 fact 9 / D5: omega = q / ((1-lambda) q + lambda p_old) <= 1/(1-lambda).
+    """docs/science/claims.md fact 9 / docs/science/model.md D5: omega = q / ((1-lambda) q + lambda p_old) <= 1/(1-lambda).
     The running max of omega over every step of the run (metric `max_importance_weight`) stays
     below the bound (up to float32 rounding of exp(log q - log m), 1e-6 relative) and reaches it
     to within 1% (on new-mode samples p_old is negligible, so omega -> 1/(1-lambda)); without
@@ -118,7 +118,7 @@ def test_rkl_fixed_point_is_independent_of_replay(score_run):
 
 
 def test_score_estimator_zero_update_when_target_equals_q(score_run):
-    """theory.md section 6 fact 12 (reverse half, Monte Carlo): with p* = q_theta(0) every sample has
+    """docs/science/claims.md fact 12 (reverse half, Monte Carlo): with p* = q_theta(0) every sample has
     log q - log p* = 0, so the score-estimator update is exactly zero, with and without replay:
     the logged parameters never change."""
     _, out, _ = score_run
@@ -149,7 +149,7 @@ def _starvation_run(estimator, cases):
 
 @pytest.mark.parametrize("estimator", ["score", "pathwise"])
 def test_starved_fraction_matches_formula(estimator):
-    """theory.md section 6 fact 10 / D6: with beta held constant (weight and means frozen) the
+    """docs/science/claims.md fact 10 / docs/science/model.md D6: with beta held constant (weight and means frozen) the
     fraction of steps whose batch of B = 8 ancestral samples holds no old-mode sample (replayed
     samples count as old) is ((1-lambda)(1-beta))^B, e.g. beta = .05, lambda = .1 -> .2856.
     Pooled over 8 seeds x 4000 steps per case, within 4.5 binomial standard errors of the closed

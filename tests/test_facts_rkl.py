@@ -1,4 +1,4 @@
-"""Reverse KL (on-policy RL) facts of theory.md section 6: 6 (convergence to the true target),
+"""Reverse KL (on-policy RL) facts of docs/science/claims.md section 6: 6 (convergence to the true target),
 7 (overlap-gated drift of the old mean, the T4 table), 8 (local exponential convergence at the
 rate 1 - eta lambda_min(I(theta*))) and the population half of 12 (target = initial q gives a
 zero update).
@@ -31,7 +31,7 @@ def log_normal(x, mean):
 
 
 def rkl_reference(separation, init_weight, init_old, init_new, target_weight, learning_rate, steps, h=0.02):
-    """NumPy logit GD on L_R = KL(q_theta || p*) (theory.md section 1, 1-D, sigma = 1), vectorised
+    """NumPy logit GD on L_R = KL(q_theta || p*) (docs/science/model.md section 1, 1-D, sigma = 1), vectorised
     over configurations, with grad L_R = int grad q(x) log(q(x)/p*(x)) dx as trapezoid sums:
     d/dbeta q = N_o - N_n, d/dm_o q = beta N_o (x - m_o), d/dm_n q = (1-beta) N_n (x - m_n), and
     d/da = beta(1-beta) d/dbeta. Returns (beta, m_o, m_n, sup_t |m_o(t) - 0|) at the end."""
@@ -56,7 +56,7 @@ def rkl_reference(separation, init_weight, init_old, init_new, target_weight, le
 
 
 def reference_fisher(delta, beta):
-    """I(theta*) for theta = (logit beta, m_o, m_n) by scipy quad (theory.md T5)."""
+    """I(theta*) for theta = (logit beta, m_o, m_n) by scipy quad (docs/science/claims.md T5)."""
     def integrand(x, i, j):
         n_o, n_n = math.exp(log_normal(x, 0.0)), math.exp(log_normal(x, delta))
         q = beta * n_o + (1 - beta) * n_n
@@ -111,7 +111,7 @@ def drift_reference():
 
 
 def test_rkl_converges_to_true_target(rkl_run):
-    """theory.md section 6 fact 6 / T3: population reverse KL (logit GD, eta = .05) converges to
+    """docs/science/claims.md fact 6 / T3: population reverse KL (logit GD, eta = .05) converges to
     theta* = (beta*, mu_o*, mu_n*) within 1e-4 from m_n(0) = mu_n* -+ 1 for Delta = 2..8, from
     beta0 = .2 (Delta = 2, 4, 8) and for an asymmetric target beta* = .3: no mass forgetting,
     KL(q || p*) -> 0."""
@@ -129,7 +129,7 @@ def test_rkl_converges_to_true_target(rkl_run):
 
 
 def test_rkl_drift_table(rkl_run, drift_reference):
-    """theory.md section 6 fact 7 / T4 table: sup-drift delta_max = sup_t |m_o(t) - mu_o*| of
+    """docs/science/claims.md fact 7 / T4 table: sup-drift delta_max = sup_t |m_o(t) - mu_o*| of
     population RKL (metric `old_drift_max`, a running sup over every step) equals the NumPy
     reference within 3%, and delta_max / exp(-Delta_min^2/8) lies in [0.15, 0.6] for D = 3..8 with
     Delta_min = D - 1 (m_n(0) = D - 1) or D (m_n(0) = D + 1). The quoted table values are
@@ -177,7 +177,7 @@ def test_rkl_old_mean_returns_to_truth(rkl_run):
 
 
 def test_rkl_local_exponential_rate(rkl_run):
-    """theory.md section 6 fact 8 / T5: near theta*, GD contracts ||theta(t) - theta*|| by
+    """docs/science/claims.md fact 8 / T5: near theta*, GD contracts ||theta(t) - theta*|| by
     1 - eta lambda_min(I(theta*)) per step. From theta* + 0.05 (1, 1, -1) in (logit beta, m_o, m_n)
     at Delta = 4, the log-linear fit of ||theta(t) - theta(T)|| (logged old_weight,
     old_mean_position, new_mean_position; theta(T) the end point, see the fixed-point note) once the
@@ -207,7 +207,7 @@ def test_rkl_local_exponential_rate(rkl_run):
 
 
 def test_rkl_target_equal_to_initial_q_gives_zero_update(rkl_run):
-    """theory.md section 6 fact 12 (reverse half, population): if p* = q_theta(0) the reverse-KL
+    """docs/science/claims.md fact 12 (reverse half, population): if p* = q_theta(0) the reverse-KL
     gradient vanishes. The engine run stays at theta(0) to 1e-5 over 6000 steps and its gradient
     at theta(0) is < 2e-5 in float32; the residual is the 64-node quadrature error of
     E_q[grad log q] = 0 (it falls below 1e-7 at 192 nodes in float64, checked here), not a

@@ -1,10 +1,10 @@
-"""SDFT, TTT-Discover and OAPL in the two-mode mixture (methods.md A-D [PROPOSAL], theory.md T7-T9).
+"""SDFT, TTT-Discover and OAPL in the two-mode mixture (docs/science/methods.md A-D [PROPOSAL], docs/science/claims.md T7-T9).
 
 Every check is against an independent computation: NumPy recursions written here (separated
-limit), scipy quadrature / root finding, or the Gaussian closed forms of methods.md section 0.
+limit), scipy quadrature / root finding, or the Gaussian closed forms of docs/science/methods.md section 0.
 Engine runs are batched: one compiled program per static setup, all rows vmapped.
 
-Where the engine and the theory.md / methods.md predictions differ, the test pins the measured
+Where the engine and the docs/science/claims.md / docs/science/methods.md predictions differ, the test pins the measured
 behaviour and says so (search for "MISMATCH"):
 
 * T8's KL-anchored fixed point beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) is the Gibbs point
@@ -45,7 +45,7 @@ def bc(delta):
 
 
 # =============================================================================================
-# SDFT (methods.md A, theory.md T7)
+# SDFT (docs/science/methods.md A, docs/science/claims.md T7)
 
 
 def sdft_recursion_np(steps, init_weight, lr, ema, teacher_map, direction="reverse"):
@@ -67,7 +67,7 @@ def sdft_recursion_np(steps, init_weight, lr, ema, teacher_map, direction="rever
 
 
 def test_sdft_anchor_component_keeps_mass_moves_new_mean_and_drift_is_overlap_controlled():
-    """T7 / methods.md A operator 1 (population reverse KL to the EMA teacher, logit GD):
+    """T7 / docs/science/methods.md A operator 1 (population reverse KL to the EMA teacher, logit GD):
     with anchor a > 0 the new mean reaches mu_n* (error < 1e-3) while beta stays within
     0.15 BC(Delta - 1) of beta(0) (measured 0.08 .. 0.03 BC; the teacher never reweights the old mode);
     with a = 0 there is no learning signal at all (nothing moves). The old-mean drift is
@@ -163,12 +163,12 @@ def test_sdft_bayes_icl_log_odds_closed_form():
 
 
 def test_sdft_finite_batch_neutral_directions_diffuse():
-    """methods.md D ("lambda = 0 gives a neutral random walk of beta under finite batches"): with
+    """docs/science/methods.md D ("lambda = 0 gives a neutral random walk of beta under finite batches"): with
     Monte Carlo pathwise ancestral batches (B = 32) the spread of beta and of m_o across 32 seeds
     grows like sqrt(t) (ratio at t = 2000 vs 250 within [2, 4], sqrt(8) = 2.83) -- also with
     anchor a = 0.1 > 0, which only contracts the new mean -- while the mean of beta stays at beta_0
     (no systematic mass loss). Reverse KL to p* (rkl, same batches) is mean-reverting: spread ratio
-    < 1.6. MISMATCH with "bounded drift when lambda > 0" [S, methods.md D]: in this translation the
+    < 1.6. MISMATCH with "bounded drift when lambda > 0" [S, docs/science/methods.md D]: in this translation the
     finite-batch drift of m_o and beta is unbounded (diffusive)."""
     seeds = 32
     hyper = make_hyper(separation=6.0, teacher_anchor=0.1, teacher_ema=0.05, learning_rate=0.1,
@@ -190,7 +190,7 @@ def test_sdft_finite_batch_neutral_directions_diffuse():
 
 
 def test_sdft_forward_monte_carlo_capped_weights():
-    """methods.md A forward loss from student samples with capped weights min(T/q, C): every
+    """docs/science/methods.md A forward loss from student samples with capped weights min(T/q, C): every
     applied weight is <= C = 1.5, and with a = 0.5 the new mean still reaches mu_n* (ancestral score
     batches, B = 32, 8 seeds)."""
     setup = Setup(objective="sdft", estimator="score", sampling="ancestral", sdft_direction="forward",
@@ -204,7 +204,7 @@ def test_sdft_forward_monte_carlo_capped_weights():
 
 
 # =============================================================================================
-# TTT-Discover (methods.md B, theory.md T8)
+# TTT-Discover (docs/science/methods.md B, docs/science/claims.md T8)
 
 
 def _quad(fn, lo=-40.0, hi=40.0):
@@ -212,7 +212,7 @@ def _quad(fn, lo=-40.0, hi=40.0):
 
 
 def test_tilt_mass_factors_match_quadrature():
-    """methods.md section 0 closed forms: log M = log E_{N(m, s^2)}[e^{eta R}] for the quadratic,
+    """docs/science/methods.md section 0 closed forms: log M = log E_{N(m, s^2)}[e^{eta R}] for the quadratic,
     linear and log_new rewards, and the tilted means, against scipy quadrature (rel 1e-6)."""
     for m, s, eta, mu, rho, w in [(0.0, 1.0, 2.0, 4.0, 1.0, 0.3), (1.5, 0.7, 0.5, 3.0, 2.0, -0.8)]:
         dens = lambda x, m=m, s=s: math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))  # noqa: E731
@@ -231,7 +231,7 @@ def test_tilt_mass_factors_match_quadrature():
 
 
 def _population_eta_np(b0, mo, mn, mu, rho, budget=LN2):
-    """Population adaptive eta by scipy: KL(q e^{eta R}/Z || q) = budget (methods.md B)."""
+    """Population adaptive eta by scipy: KL(q e^{eta R}/Z || q) = budget (docs/science/methods.md B)."""
     q = lambda x: (b0 * math.exp(-0.5 * x**2) + (1 - b0) * math.exp(-0.5 * (x - mn) ** 2)) / math.sqrt(2 * math.pi)  # noqa: E731
     r = lambda x: -((x - mu) ** 2) / (2 * rho**2)  # noqa: E731
 
@@ -244,7 +244,7 @@ def _population_eta_np(b0, mo, mn, mu, rho, budget=LN2):
 
 
 def test_ttt_population_step_moves_logit_toward_the_mixture_tilt():
-    """T8 / methods.md B: the population TTT-Discover gradient in a = logit beta is exactly
+    """T8 / docs/science/methods.md B: the population TTT-Discover gradient in a = logit beta is exactly
     -(beta_tilt - beta), beta_tilt = sigmoid(a + log(M_o / M_n)) with the Gaussian closed forms of M
     (mixture-tilt logit update), for fixed eta and for the adaptive eta (whose population value is
     solved here independently by scipy: KL(q_eta || q) = ln 2). Tolerance 1e-6 (float64)."""
@@ -282,7 +282,7 @@ def test_ttt_kl_anchored_fixed_point():
     """T8 "KL anchor" (population, fixed eta, frozen means, Delta = 8, quadratic reward at mu_n*,
     rho = 4, 3000 logit-GD steps): the long-run beta equals the stationary point of TTT-Discover's
     J - lambda KL(q || q_ref) (theory.entropic_kl_fixed_point, checked against a scipy root) within
-    1e-4. MISMATCH with theory.md T8's formula beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) (the
+    1e-4. MISMATCH with docs/science/claims.md T8's formula beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) (the
     Gibbs point of E_q[R] - (1/eta) KL): equal to first order for lambda = 1 (log(M_o/M_n) = -0.04:
     |diff| < 2e-5), but at log(M_o/M_n) = -1.88 the method keeps 0.254 where the formula predicts
     0.132 (the entropic gradient saturates at |beta_tilt - beta| <= 1). Without the anchor
@@ -313,7 +313,7 @@ def test_ttt_kl_anchored_fixed_point():
 
 
 def test_ttt_adaptive_eta_bisection_hits_ln2():
-    """methods.md B step 1: per-group eta with KL(softmax(eta r) || Uniform_G) = ln 2, checked by
+    """docs/science/methods.md B step 1: per-group eta with KL(softmax(eta r) || Uniform_G) = ln 2, checked by
     NumPy (|KL - ln 2| < 2e-5) and against scipy brentq (rel 1e-4) on random groups of several
     scales; a constant group never reaches the budget and gets the cap 1e6 (then every LOO weight
     is 1, advantage 0); the LOO weights e_i / mean_{j != i} e_j equal a direct NumPy computation."""
@@ -339,7 +339,7 @@ def test_ttt_adaptive_eta_bisection_hits_ln2():
 
 
 def test_ttt_monte_carlo_gradient_is_a_rescaled_population_gradient():
-    """methods.md B estimator: with leave-one-out weights w_i = e_i / Z_{-i} the expected Monte Carlo
+    """docs/science/methods.md B estimator: with leave-one-out weights w_i = e_i / Z_{-i} the expected Monte Carlo
     gradient is E[1 / Z_{-i}] E[e grad log q] = c grad J, c = Z E[1 / Z_{-i}] >= 1 (Jensen): same
     direction as the population gradient, inflated by c. With fixed eta = 1 and G = 8 (2000 batches
     of 256, no KL penalty) every component of the mean gradient equals c x population within 4
@@ -384,7 +384,7 @@ def test_ttt_monte_carlo_run_forgets_without_anchor():
 
 
 # =============================================================================================
-# OAPL (methods.md C, theory.md T9)
+# OAPL (docs/science/methods.md C, docs/science/claims.md T9)
 
 
 def test_oapl_sync_recursion_linear_reward():

@@ -1,6 +1,6 @@
 """Figures from a store (forget_jax/plots.py): heatmaps, line plots and trajectories render to
-non-trivial images, the theory overlays equal an independent NumPy computation of theory.md's
-closed forms (T2: beta = lambda; D6/T6: ((1 - lambda)(1 - beta))^B), and user mistakes end in a
+non-trivial images, the theory overlays equal an independent NumPy computation of the
+closed forms in docs/science/claims.md (T2: beta = lambda; D6/T6: ((1 - lambda)(1 - beta))^B), and user mistakes end in a
 one-line ValueError (CLI: exit status 2 and one `error:` line).
 
 Two tiny sweeps are built once per module (20 steps, logged every 10)."""
@@ -71,7 +71,7 @@ def test_theory_overlay_matches_numpy():
     starve = theory_overlay("starved_fraction", objective="rkl", replay_ratio=lam, batch_size=batch, old_weight=beta,
                             estimator="score", sampling="ancestral")
     np.testing.assert_allclose(starve, np.power((1.0 - lam) * (1.0 - beta), batch), rtol=1e-12, atol=0)
-    # theory.md section 6 item 10: beta = .05, lambda = .1, B = 8 -> .2856
+    # docs/science/claims.md fact 10: beta = .05, lambda = .1, B = 8 -> .2856
     single = theory_overlay("starved_fraction", objective="rkl", replay_ratio=0.1, batch_size=8, old_weight=0.05)
     assert abs(float(single) - 0.2856) < 5e-4
     # forward KL draws its batch from p_lambda: the old share is lambda alone

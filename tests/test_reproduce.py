@@ -18,7 +18,7 @@ from forget_jax.reproduce.framework import _merge, read_study_yaml, study_config
 
 ALL_CLAIMS = [c for name in STUDY_NAMES for c in study_module(name).CLAIMS]
 
-#: Claims that FAIL because theory.md's reconstruction and the simulation genuinely differ
+#: Claims that FAIL because the reconstruction in docs/science/claims.md and the simulation genuinely differ
 #: (claim id -> reason). Empty: every claim of the quick run passes.
 KNOWN_FAILS: dict[str, str] = {}
 

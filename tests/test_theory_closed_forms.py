@@ -1,6 +1,6 @@
-"""Closed forms of theory.md (D3, D4, D6, T5) against independent SciPy / NumPy computations.
+"""Closed forms of docs/science/model.md (D3, D4, D6) and docs/science/claims.md (T5) against independent SciPy / NumPy computations.
 
-Covers theory.md section 6, facts 1 (Bhattacharyya coefficient), 2 (misassignment and its
+Covers docs/science/claims.md facts 1 (Bhattacharyya coefficient), 2 (misassignment and its
 Bhattacharyya bounds), 8 (reverse-KL Hessian = Fisher information, its eigenvalues and the
 exp(-Delta^2/8) decay of its off-diagonal entries) and the closed-form half of fact 10
 (starvation probability, batch size for a starvation level). Every reference number is computed
@@ -39,7 +39,7 @@ def quad(fn, lo, hi, points=()):
 
 @pytest.mark.parametrize("delta", [0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0])
 def test_bhattacharyya_matches_quadrature(delta):
-    """theory.md section 6 fact 1 (D3): BC = int sqrt(N(x;0,1) N(x;Delta,1)) dx = exp(-Delta^2/8),
+    """docs/science/claims.md fact 1 (docs/science/model.md D3): BC = int sqrt(N(x;0,1) N(x;Delta,1)) dx = exp(-Delta^2/8),
     theory.bhattacharyya against scipy quad to 1e-8."""
     reference = quad(lambda x: math.sqrt(stats.norm.pdf(x) * stats.norm.pdf(x, delta)),
                      delta / 2 - 40, delta / 2 + 40, points=[delta / 2])
@@ -88,7 +88,7 @@ def reference_misassignment(beta, delta):
 @pytest.mark.parametrize("delta", SEPARATIONS)
 @pytest.mark.parametrize("beta", BETAS)
 def test_misassignment_closed_forms_and_bounds(beta, delta):
-    """theory.md section 6 fact 2 (D4) over a grid of beta and Delta:
+    """docs/science/claims.md fact 2 (docs/science/model.md D4) over a grid of beta and Delta:
     eps_{o->n} = Phi_bar(Delta/2 + ln(beta/(1-beta))/Delta), eps_{n->o} = Phi_bar(Delta/2 - ...),
     soft eps~_{o->n} = E_{N_o}[w_n] (theory.soft_misassignment, Gauss-Hermite) against scipy, and
     the three Bhattacharyya bounds (hard, soft, Bayes error) hold for the reference values.
@@ -123,7 +123,7 @@ def test_misassignment_closed_forms_and_bounds(beta, delta):
 
 
 def test_misassignment_worked_example():
-    """theory.md section 6 fact 2 / D4 example, beta = .5, Delta = 4: eps = .02275 <= .135,
+    """docs/science/claims.md fact 2 / docs/science/model.md D4 example, beta = .5, Delta = 4: eps = .02275 <= .135,
     eps~ = .0343 <= .0677 (reference values from scipy)."""
     hard_on, _, soft = reference_misassignment(0.5, 4.0)
     assert round(hard_on, 5) == 0.02275
@@ -158,7 +158,7 @@ def test_general_hard_misassignment_against_monte_carlo():
     (0.05, 0.1, 8, 0.2856), (0.05, 0.0, 8, 0.6634), (0.05, 0.1, 32, 0.0067), (0.3, 0.5, 4, None),
 ])
 def test_starvation_probability_against_monte_carlo(beta, lam, batch, quoted):
-    """theory.md section 6 fact 10 (D6): P(no old-mode sample among B) = ((1-lambda)(1-beta))^B,
+    """docs/science/claims.md fact 10 (docs/science/model.md D6): P(no old-mode sample among B) = ((1-lambda)(1-beta))^B,
     theory.starvation_probability against a NumPy Monte Carlo over component labels
     (2e5 batches, 4.5 binomial standard errors) and the quoted examples."""
     rng = np.random.default_rng(1)
@@ -195,7 +195,7 @@ def test_batch_size_for_starvation_is_minimal(beta, lam, delta):
 
 def reference_fisher(delta, beta, weight_param="logit"):
     """I(theta*) = E_{p*}[s s^T], theta = (logit beta or beta, m_o, m_n), p* = beta N(0,1) +
-    (1-beta) N(Delta,1), scores of theory.md section 1, each entry by scipy quad."""
+    (1-beta) N(Delta,1), scores of docs/science/model.md section 1, each entry by scipy quad."""
     def integrand(x, i, j):
         n_o, n_n = stats.norm.pdf(x), stats.norm.pdf(x, delta)
         q = beta * n_o + (1 - beta) * n_n
@@ -224,7 +224,7 @@ def engine_hessians():
 @pytest.mark.parametrize("case", [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"),
                                   (4.0, 0.3, "logit"), (4.0, 0.5, "direct")])
 def test_rkl_hessian_equals_fisher(engine_hessians, case):
-    """theory.md section 6 fact 8 (T5): the Hessian of KL(q_theta || p*) at theta* (engine,
+    """docs/science/claims.md fact 8 (T5): the Hessian of KL(q_theta || p*) at theta* (engine,
     Gauss-Hermite order 64) equals the Fisher information computed here by scipy quad. Tolerance
     2e-4 absolute: the engine's 64-node quadrature is accurate to ~1e-5 at Delta = 4 and ~7e-5
     at Delta = 6 (see the report); the entries themselves are O(0.1)."""

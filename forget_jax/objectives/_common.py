@@ -18,7 +18,7 @@ class Estimate(eqx.Module):
 
     Attributes:
         loss: the objective value estimated on this batch (exact for `population`).
-        starved: True when the batch holds no old-mode sample (theory.md D6; replayed old
+        starved: True when the batch holds no old-mode sample (docs/science/model.md D6; replayed old
             samples count as old-mode). Always False for stratified sampling.
         max_importance_weight: largest replay weight omega in the batch (T6); 1 without replay.
     """
@@ -68,7 +68,7 @@ def component_draws(mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup) -> 
 
 def draw_ancestral(mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKeyArray,
                    setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
-    """B ancestral draws of a two-component mixture (methods.md section 0, regime (i)): label
+    """B ancestral draws of a two-component mixture (docs/science/methods.md section 0, regime (i)): label
     z ~ Bern(beta) (True = old component) from `label_key`, then x = m_z + s_z eps with eps from
     `noise_key`. Returns (x, is_old). The label is not differentiable; x is reparameterised within
     its component (the pathwise estimator's x_theta), so pass a stop-gradient mixture for on-policy

@@ -1,4 +1,4 @@
-"""CRNC25's toy estimators (theory.md section 5; Chen, Razin, Narasimhan, Chen 2025, code
+"""CRNC25's toy estimators (docs/science/studies.md section 5; Chen, Razin, Narasimhan, Chen 2025, code
 `simulation/run.py`, functions `fit_forward_kl` and `fit_reinforce`).
 
 Both keep the +1e-12 terms of their code, which are not negligible here:

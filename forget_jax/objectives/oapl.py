@@ -1,5 +1,5 @@
 """OAPL (Ritter et al. 2026, "LLMs Can Learn to Reason Via Off-Policy RL") in the two-mode mixture:
-methods.md C "Translation into the two-mode mixture" [PROPOSAL], theory.md T9.
+docs/science/methods.md C "Translation into the two-mode mixture" [PROPOSAL], docs/science/claims.md T9.
 
 State. The companion of `train.TrainState` is the lagged inference policy theta_lag. It starts at
 theta(0) and is re-synced to theta every L = `oapl_lag` optimiser steps (after steps L, 2L, ...):
@@ -13,11 +13,11 @@ Loss (squared optimal-advantage regression, no importance sampling; the code's
     L(theta) = mean_i (beta_2 [log q_theta(y_i) - sg(log q_lag(y_i))] - (r_i - V_hat))^2
 
 beta_1 = `oapl_beta1`, beta_2 = `oapl_beta2`. With beta_1 = beta_2 = beta and a realisable
-tilt, the population minimiser is q* = q_lag e^{r / beta} / Z (theory.md T9), whose old weight has
+tilt, the population minimiser is q* = q_lag e^{r / beta} / Z (docs/science/claims.md T9), whose old weight has
 logit beta_lag + log(M_o / M_n), M_k = E_{N_k(theta_lag)}[e^{r / beta}]: mass changes once per
 sync, not per gradient step. The tilt is realisable in the fixed-scale family for the linear
 reward (components shift by s^2 w / beta); the quadratic and log_new rewards also shrink the
-component variance (methods.md section 0), so with fixed scales the regression is a projection
+component variance (docs/science/methods.md section 0), so with fixed scales the regression is a projection
 and the recursion holds only approximately.
 
 Sampling. Each step draws a *fresh* batch (num_groups x G, ancestral) from the current q_lag;
@@ -25,7 +25,7 @@ the paper reuses one batch drawn at each sync for the whole lag. Both have the s
 distribution; fresh draws remove the reuse correlation (an acceptable simplification: the
 off-policyness -- samples from a policy up to L steps old -- is kept). Estimate.starved is True
 when the batch holds no old-mode sample of q_lag (with one group per batch its probability is
-(1 - beta_lag)^G, theory.md T9).
+(1 - beta_lag)^G, docs/science/claims.md T9).
 
 `population`: the expectation over q_lag by Gauss-Hermite quadrature and V* = beta_1 log
 E_{q_lag}[e^{r / beta_1}] exactly. `pathwise` is not offered (the samples do not depend on theta).

@@ -1,16 +1,16 @@
-"""Reward presets and grouped sampling shared by `ttt_discover` and `oapl` (methods.md B
+"""Reward presets and grouped sampling shared by `ttt_discover` and `oapl` (docs/science/methods.md B
 "Translation", (a)-(c); C uses "the same reward presets as section B"). The fields they share
 (`reward`, `reward_width`, `reward_offset`, `reward_slope`, `group_size`) and the grouping rule
 are declared here, once.
 
 * `quadratic`: R(y) = -|y - mu_R|^2 / (2 rho^2), a bump centred at mu_R = mu_n* + reward_offset e_1
   with width rho = reward_width; localised, so it reaches the old mode only through overlap
-  (theory.md T8 "Drift").
+  (docs/science/claims.md T8 "Drift").
 * `linear`: R(y) = w . y with w = reward_slope e_1; global, so it tilts (moves) the old mean too.
 * `log_new`: R(y) = log p_new*(y) = log N(y; mu_n*, s_n*^2 I), a quadratic of width s_n* plus a
   constant.
 
-The tilt closed forms for these (the mass factors M = E_N[e^{eta R}] of methods.md section 0) are
+The tilt closed forms for these (the mass factors M = E_N[e^{eta R}] of docs/science/methods.md section 0) are
 in theory.py.
 """
 
@@ -65,7 +65,7 @@ def reward_function(hyper: Hyper, setup: Setup) -> Reward:
 
 fields.declare(
     fields.Field("reward", "static", "quadratic", "reward preset: `quadratic` -|y - mu_R|^2/(2 rho^2) at mu_R = "
-                 "mu_n* + reward_offset e_1, `linear` w . y, `log_new` log p_new*(y) (methods.md B)", type=str,
+                 "mu_n* + reward_offset e_1, `linear` w . y, `log_new` log p_new*(y) (docs/science/methods.md B)", type=str,
                  choices=("quadratic", "linear", "log_new"), objective=GROUPED),
     fields.Field("group_size", "static", 8, "samples per group G (`batch_size` = groups x G)", type=int, ge=2,
                  le=1_000_000, symbol="G", objective=GROUPED),

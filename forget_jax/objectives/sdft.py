@@ -1,5 +1,5 @@
 """SDFT (Shenfeld et al. 2026, "Self-Distillation Enables Continual Learning") in the two-mode
-mixture: methods.md A "Translation into the two-mode mixture" [PROPOSAL], theory.md T7.
+mixture: docs/science/methods.md A "Translation into the two-mode mixture" [PROPOSAL], docs/science/claims.md T7.
 
 State. The companion of `train.TrainState` holds the teacher weights phi, an exponential moving
 average of theta in the stored parameter space ((logit beta or beta), m_o, m_n, scales), updated
@@ -18,7 +18,7 @@ EMA student q_phi, with the demonstration at mu_c = mu_n* (accurate new-task dem
   moves m_n to mu_c; drift of m_o is overlap-controlled (T7 "Drift", T4 with p* -> T).
 * `anchor_density`: T = (1 - a) q_phi + a p_c, a four-component density, p_c = p_new*
   (`sdft_demo: new`, a forgetting stress test: beta_T = (1 - a) beta_phi in the separated limit,
-  theory.md T7 Example A) or p* (`sdft_demo: target`).
+  docs/science/claims.md T7 Example A) or p* (`sdft_demo: target`).
 * `bayes_icl` (negative control): beta_T = beta_phi rho_o / (beta_phi rho_o + (1 - beta_phi) rho_n),
   rho_k = N(c; m_k^phi, (s_k^2 + tau_c^2) I), c = mu_n*, tau_c = `sdft_demo_scale`, components of
   phi (T7 Example C). logit beta_T = logit beta_phi + log(rho_o / rho_n): the demo always favours
@@ -37,7 +37,7 @@ Loss (static `sdft_direction`; the teacher is never differentiated):
   y ~ q_theta (stop-gradient; ancestral or stratified) with capped importance weights
   w = min(T(y) / q_theta(y), C), C = `sdft_is_cap` (the code's truncated-IS cap 2.0), surrogate
   -mean(w log q_theta(y)). The cap biases the estimator toward the student's support (the
-  "on-policy prefix" restriction of methods.md A); C -> infinity is unbiased importance sampling.
+  "on-policy prefix" restriction of docs/science/methods.md A); C -> infinity is unbiased importance sampling.
   Estimate.max_importance_weight reports the largest applied (capped) weight.
 """
 
@@ -157,7 +157,7 @@ SDFT = register(Objective(
         fields.Field("sdft_conditioning", "static", "anchor_component",
                      "teacher T = Cond(EMA student q_phi, demo at mu_n*): teacher new mean (1-a) m_n + a mu_n* "
                      "(`anchor_component`), (1-a) q_phi + a p_c (`anchor_density`), or the weight reweighted by the "
-                     "demo likelihood (`bayes_icl`) (methods.md A)", type=str,
+                     "demo likelihood (`bayes_icl`) (docs/science/methods.md A)", type=str,
                      choices=("anchor_component", "anchor_density", "bayes_icl"), objective=("sdft",)),
         fields.Field("sdft_direction", "static", "reverse", "loss KL(q || T) (`reverse`, BK26's analysis) or "
                      "KL(T || q) (`forward`, SDFT's runs)", type=str, choices=("reverse", "forward"),

@@ -1,5 +1,5 @@
 """TTT-Discover (Yuksekgonul et al. 2026, "Learning to Discover at Test Time") in the two-mode
-mixture: methods.md B "Translation into the two-mode mixture" [PROPOSAL], theory.md T8.
+mixture: docs/science/methods.md B "Translation into the two-mode mixture" [PROPOSAL], docs/science/claims.md T8.
 
 Objective: the entropic utility with an optional KL penalty to the reference q_ref = q_{theta(0)}
 (the companion of `train.TrainState`, never updated: "the only place where past behaviour is
@@ -13,7 +13,7 @@ with a reward preset R (objectives/reward.py), lambda = `kl_penalty`, and eta ei
 delta = `entropic_kl_budget` (ln 2), by doubling from 1 (cap 1e6) then 60 bisection steps.
 grad J = E_q[(e^{eta R} / E_q[e^{eta R}]) grad log q]: one step moves q toward the tilt
 q e^{eta R} / Z, whose old weight has logit beta + log(M_o / M_n), M_k = E_{N_k}[e^{eta R}]
-(methods.md section 0; theory.py `tilt_logit`). Exactly, d J / d logit beta = beta_tilt - beta.
+(docs/science/methods.md section 0; theory.py `tilt_logit`). Exactly, d J / d logit beta = beta_tilt - beta.
 
 Estimators:
 
@@ -26,7 +26,7 @@ Estimators:
   the largest w_i. `pathwise` is not offered (config validation): the method is a policy gradient.
 * `population`: the exact J - lambda KL by Gauss-Hermite quadrature (differentiable); adaptive
   eta solves KL(q_eta || q) = delta with q_eta = q e^{eta R} / Z over the quadrature nodes (the
-  population analogue of the group rule, methods.md B "Population analogue").
+  population analogue of the group rule, docs/science/methods.md B "Population analogue").
 
 PUCT state reuse has no analogue (an unconditional learner has no state input).
 """
@@ -49,7 +49,7 @@ from .reward import reward_function
 
 sg = jax.lax.stop_gradient
 
-#: Doubling schedule and cap of the code's adaptive-beta search (methods.md B, step 1).
+#: Doubling schedule and cap of the code's adaptive-beta search (docs/science/methods.md B, step 1).
 ETA_MAX = 1e6
 DOUBLINGS = 21  # 1, 2, ..., 2^20 >= ETA_MAX
 BISECTIONS = 60
@@ -73,7 +73,7 @@ def tilt_kl(eta: Float[Array, "..."], rewards: Float[Array, "... n"], log_weight
 
 
 def solve_eta(rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"], budget: Scalar) -> Float[Array, "..."]:
-    """eta >= 0 with KL(p_eta || p_0) = budget (methods.md B step 1): hi = 1, 2, 4, ... until the KL
+    """eta >= 0 with KL(p_eta || p_0) = budget (docs/science/methods.md B step 1): hi = 1, 2, 4, ... until the KL
     reaches the budget (capped at 1e6, returned when never reached), then 60 bisection steps on
     [hi / 2, hi] ([0, 1] if hi = 1). KL is non-decreasing in eta. Not differentiated."""
     rewards, log_weights = sg(rewards), sg(log_weights)

@@ -1,4 +1,4 @@
-"""`forget-jax reproduce`: regenerate the studies of theory.md with PASS/FAIL claims.
+"""`forget-jax reproduce`: regenerate the studies of docs/science/studies.md with PASS/FAIL claims.
 
 Studies (one module each; configurations in `configs/reproduce/<study>.yaml`):
 

@@ -1,4 +1,4 @@
-"""CRNC25's two-mode toy (theory.md sections 4-5; Chen, Razin, Narasimhan, Chen 2025).
+"""CRNC25's two-mode toy (docs/science/studies.md sections 4-5; Chen, Razin, Narasimhan, Chen 2025).
 
 Their three runs (FKL lr 0.15, FKL lr 0.01, surrogate REINFORCE "RKL" lr 0.01) and their sweep
 over the target new-mode position (4.5, 5.5, 6.5; 3.5 is the main setting), with CRNC25's metrics

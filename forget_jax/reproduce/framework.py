@@ -1,6 +1,6 @@
 """The small framework behind `forget-jax reproduce`: claims, study configurations, stores.
 
-A *study* (one module per study in this package) regenerates one view of theory.md section 4
+A *study* (one module per study in this package) regenerates one view of docs/science/studies.md section 4
 (PD1-PD6), the T5 convergence rates or the CRNC25 toy. It is described by
 
 * a YAML file `configs/reproduce/<study>.yaml`: a sweep configuration as `forget_jax.config`
@@ -54,12 +54,12 @@ def configs_dir() -> Path:
 
 @dataclass
 class Claim:
-    """One checked statement: a prediction of theory.md against a measurement from the stores.
+    """One checked statement: a prediction of docs/science/claims.md against a measurement from the stores.
 
     Attributes:
         id: stable identifier `<study>.<name>` (tests refer to it).
         statement: what is claimed, in words.
-        source: where the prediction comes from (theory.md label).
+        source: where the prediction comes from (label of a docs/science page, e.g. T4 or PD2).
         predicted: the predicted value or relation, as text.
         measured: the measured value, as text.
         tolerance: the tolerance or acceptance rule, as text.

@@ -1,4 +1,4 @@
-"""PD1 (theory.md section 4; T1, T2, T3, T4): mass forgetting vs separation.
+"""PD1 (docs/science/studies.md section 4; docs/science/claims.md T1, T2, T3, T4): mass forgetting vs separation.
 
 Final beta / beta* over Delta for FKL on new data only, FKL with replay lambda and RKL, with the
 final and sup old-mean drift, from the population dynamics (logit GD).

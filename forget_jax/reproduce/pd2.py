@@ -1,4 +1,4 @@
-"""PD2 (theory.md section 4; T4): reverse-KL drift of the old mean vs separation.
+"""PD2 (docs/science/studies.md section 4; docs/science/claims.md T4): reverse-KL drift of the old mean vs separation.
 
 ln delta_max against Delta_min^2, where Delta_min is the smallest distance between the old mode
 and a new-component mean along the trajectory (m_n(0) = D - 1: Delta_min = D - 1; m_n(0) = D + 1:
@@ -26,7 +26,7 @@ CLAIMS = (
     "pd2.final_drift",
 )
 
-#: theory.md T4 calibration table: delta_max for D = 3..8 with m_n(0) = D - 1 and D + 1 [N].
+#: docs/science/claims.md T4 calibration table: delta_max for D = 3..8 with m_n(0) = D - 1 and D + 1 [N].
 T4_D = np.array([3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
 T4_TABLE = {
     -1.0: np.array([1.10e-1, 7.17e-2, 3.20e-2, 1.08e-2, 2.82e-3, 5.67e-4]),
@@ -56,7 +56,7 @@ def analyze(stores, ctx: Context):
                 rel.append(abs(dmax[i, j[0]] / r - 1.0))
     rel = np.asarray(rel)
     claims.append(ctx.claim(
-        "t4_table", "The simulated sup drifts reproduce theory.md's T4 calibration table (D = 3..8, m_n(0) = D -/+ 1).",
+        "t4_table", "The simulated sup drifts reproduce docs/science/claims.md T4's calibration table (D = 3..8, m_n(0) = D -/+ 1).",
         "T4 table [N]", "delta_max as tabulated (12 values)",
         f"max relative deviation {fmt(rel.max()) if rel.size else 'n/a'} over {rel.size} values", "<= 2%",
         rel.size == 12 and rel.max() <= 0.02,
@@ -104,7 +104,7 @@ def analyze(stores, ctx: Context):
     claims.append(ctx.claim(
         "final_drift", "The old mean returns to the truth: final drift for D >= 2.", "T4",
         "delta(infinity) < 1e-3", f"max delta_T = {fmt(fd.max())}", "< 1e-3", fd.max() < 1e-3,
-        note="The float32 floor is ~1e-6 (theory.md quotes ~1e-15 in float64).", max_final_drift=float(fd.max()),
+        note="The float32 floor is ~1e-6 (docs/science/claims.md quotes ~1e-15 in float64).", max_final_drift=float(fd.max()),
     ))
 
     # figures
@@ -121,7 +121,7 @@ def analyze(stores, ctx: Context):
                 label=f"fit (D ≥ {SLOPE_FROM:g}): slope {fit.slope:.4f}")
         ref = T4_TABLE[off]
         ax.plot((T4_D + min(off, 0.0)) ** 2, np.log(ref), "x", color="k", ms=6,
-                label="theory.md T4 table" if k == 0 else None)
+                label="docs/science/claims.md T4 table" if k == 0 else None)
     # -1/8 reference through the largest-D point of the first initialisation
     i = int(np.argmin(np.abs(offsets + 1.0)))
     x_end, y_end = dmin[i, -1] ** 2, np.log(dmax[i, -1])

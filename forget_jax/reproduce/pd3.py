@@ -1,4 +1,4 @@
-"""PD3 (theory.md section 4; D6, T6): old-mode starvation under finite batches.
+"""PD3 (docs/science/studies.md section 4; docs/science/model.md D6, docs/science/claims.md T6): old-mode starvation under finite batches.
 
 RKL with the score-function estimator and ancestral sampling: a batch of B samples is starved
 when none of them comes from the old mode (neither an old-component draw of q nor a replayed old

@@ -1,4 +1,4 @@
-"""PD4 (theory.md section 4; T2): forward KL with replay, beta_infinity = lambda.
+"""PD4 (docs/science/studies.md section 4; docs/science/claims.md T2): forward KL with replay, beta_infinity = lambda.
 
 The population minimiser of KL(p_lambda || q_theta) is q = p_lambda: beta = lambda and both means
 at the truth (section 6, item 4). Without replay (lambda = 0) the weight decays to zero (T1).

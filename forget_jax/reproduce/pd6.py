@@ -1,4 +1,4 @@
-"""PD6 (theory.md section 4; T1): forward-KL old-weight time courses, means frozen at the truth.
+"""PD6 (docs/science/studies.md section 4; docs/science/claims.md T1): forward-KL old-weight time courses, means frozen at the truth.
 
 Three update rules, three predicted shapes in the separated limit (T1, theory.fkl_weight_*):
 direct GD on beta: (1 - beta)^2 = (1 - beta0)^2 + 2 eta t, zero at t* = beta0 (2 - beta0) / (2 eta);
@@ -27,7 +27,7 @@ CLAIMS = (
     "pd6.replicator_course",
 )
 
-#: Learning rate used for each rule's claims (theory.md T1's [N] settings: 1e-3 direct, 0.1 logit).
+#: Learning rate used for each rule's claims (docs/science/claims.md T1's [N] settings: 1e-3 direct, 0.1 logit).
 CLAIM_LR = {"direct": 1e-3, "logit": 0.1, "replicator": 1e-2}
 PREDICTION = {
     "direct": theory.fkl_weight_euclidean,

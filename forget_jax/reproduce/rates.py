@@ -1,4 +1,4 @@
-"""Convergence rates (theory.md T5): reverse KL near theta* converges exponentially, at the rate
+"""Convergence rates (docs/science/claims.md T5): reverse KL near theta* converges exponentially, at the rate
 set by the Hessian H(theta*) = I(theta*) (the Fisher information).
 
 For gradient descent with step eta the error e(t) = theta(t) - theta* obeys e(t+1) ~ (I - eta H) e(t),
@@ -36,7 +36,7 @@ CLAIMS = (
 RATE_TOL = 0.05  # relative, on the per-step rate -ln(rho)
 MIN_POINTS = 8  # logged points in a tail window for a rate fit
 EPSILON = 1e-3  # ||theta - theta*|| threshold for steps-to-epsilon and for "converged"
-#: theory.md T5 [N]: eigenvalues of the logit Hessian at Delta = 4, beta* = 0.5.
+#: docs/science/claims.md T5 [N]: eigenvalues of the logit Hessian at Delta = 4, beta* = 0.5.
 T5_EIGENVALUES = np.array([0.217, 0.379, 0.489])
 
 
@@ -125,7 +125,7 @@ def analyze(stores, ctx: Context):
     ev = np.linalg.eigvalsh(hessian(4.0, 0.5))
     dev = np.abs(ev - T5_EIGENVALUES).max()
     claims.append(ctx.claim(
-        "hessian_eigenvalues", "Eigenvalues of the RKL Hessian (logit) at Delta = 4, beta* = 0.5 match theory.md T5.",
+        "hessian_eigenvalues", "Eigenvalues of the RKL Hessian (logit) at Delta = 4, beta* = 0.5 match docs/science/claims.md T5.",
         "T5 [N]", fmt(T5_EIGENVALUES), fmt(ev, 4), "+-0.005 (3 decimals quoted)", dev <= 0.005,
         eigenvalues=ev))
 

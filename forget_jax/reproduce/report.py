@@ -62,8 +62,8 @@ def write_report(report: dict, results: list[dict], out: Path) -> None:
         f"runtime {report['runtime_s']:.0f} s on {report['device']}; forget-jax {report['forget_jax_version']}, "
         f"jax {report['jax_version']}; {report['created']}.",
         "",
-        "Predictions are theory.md's (section 3 theorems T1-T6, section 4 views PD1-PD6, section 5 CRNC25); "
-        "theory.md marks T1-T9 as reconstructions, so a FAIL means simulation and reconstruction disagree, "
+        "Predictions are those of docs/science/claims.md (theorems T1-T6) and docs/science/studies.md (section 4 views PD1-PD6, section 5 CRNC25); "
+        "docs/science/claims.md marks T1-T9 as reconstructions, so a FAIL means simulation and reconstruction disagree, "
         "and its note says how.",
         "",
         "## All claims",
