@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
+import jax
 
-from forget_jax.spec import Setup, make_hyper  # noqa: E402
-from forget_jax.train import compiled_batch, make_train  # noqa: E402
+from forget_jax.spec import Setup, make_hyper
+from forget_jax.train import compiled_batch, make_train
 
 CASES = {
     "fkl": dict(objective="fkl", estimator="pathwise", sampling="ancestral"),
@@ -158,8 +158,15 @@ def bench_torch_loop(setup: Setup, n: int, steps: int, repeats: int, style: str 
 
     run_config(0)  # warm-up
     run_s = median_time(lambda: [run_config(i) for i in range(n)], repeats)
-    return dict(configs=n, steps=steps, run_s=run_s, config_steps_per_s=n * steps / run_s,
-                torch_version=torch.__version__, torch_threads=torch.get_num_threads(), style=style)
+    return dict(
+        configs=n,
+        steps=steps,
+        run_s=run_s,
+        config_steps_per_s=n * steps / run_s,
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        style=style,
+    )
 
 
 def main(argv=None) -> dict:
@@ -179,10 +186,19 @@ def main(argv=None) -> dict:
         args.scaling = "16,64"
 
     device = jax.devices()[0]
-    print(f"forget-jax throughput | jax {jax.__version__} | {device.platform}: {device.device_kind} x{len(jax.devices())} "
-          f"| {platform.processor() or platform.machine()} | B={args.batch_size} d=1 T={args.steps}")
-    results: dict = dict(jax_version=jax.__version__, platform=device.platform, device_kind=device.device_kind,
-                         batch_size=args.batch_size, steps=args.steps, date=time.strftime("%Y-%m-%d"), cases={})
+    print(
+        f"forget-jax throughput | jax {jax.__version__} | {device.platform}: {device.device_kind} x{len(jax.devices())} "
+        f"| {platform.processor() or platform.machine()} | B={args.batch_size} d=1 T={args.steps}"
+    )
+    results: dict = dict(
+        jax_version=jax.__version__,
+        platform=device.platform,
+        device_kind=device.device_kind,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        date=time.strftime("%Y-%m-%d"),
+        cases={},
+    )
     for name, fields in CASES.items():
         setup = Setup(**fields, batch_size=args.batch_size, steps=args.steps, log_every=args.steps // 10 or 1)
         engine = bench_engine(setup, args.configs, args.repeats)
@@ -193,15 +209,21 @@ def main(argv=None) -> dict:
         for n in (int(v) for v in args.scaling.split(",")):
             r = engine if n == args.configs else bench_engine(setup, n, args.repeats)
             scaling[n] = r
-        case = dict(engine=engine, jax_loop=loop, torch_loop=torch_res, torch_distributions_loop=torch_dist, scaling=scaling)
+        case = dict(
+            engine=engine, jax_loop=loop, torch_loop=torch_res, torch_distributions_loop=torch_dist, scaling=scaling
+        )
         case["speedup_vs_jax_loop"] = engine["config_steps_per_s"] / loop["config_steps_per_s"]
         if torch_res:
             case["speedup_vs_torch_loop"] = engine["config_steps_per_s"] / torch_res["config_steps_per_s"]
-            case["speedup_vs_torch_distributions_loop"] = engine["config_steps_per_s"] / torch_dist["config_steps_per_s"]
+            case["speedup_vs_torch_distributions_loop"] = (
+                engine["config_steps_per_s"] / torch_dist["config_steps_per_s"]
+            )
         results["cases"][name] = case
 
         print(f"\n[{name}] {fields['estimator']} estimator, {fields['sampling']} sampling")
-        print(f"  {'implementation':<34}{'configs':>8}{'compile s':>11}{'run s':>10}{'config-steps/s':>16}{'engine x':>10}")
+        print(
+            f"  {'implementation':<34}{'configs':>8}{'compile s':>11}{'run s':>10}{'config-steps/s':>16}{'engine x':>10}"
+        )
         rows = [("engine jit(vmap(train))", engine), ("python loop over jit(train)", loop)]
         if torch_res:
             rows.append((f"torch eager, hand-written ({torch_res['steps']} st)", torch_res))
@@ -209,7 +231,9 @@ def main(argv=None) -> dict:
         for label, r in rows:
             ratio = engine["config_steps_per_s"] / r["config_steps_per_s"]
             compile_s = f"{r['compile_s']:.2f}" if "compile_s" in r else "-"
-            print(f"  {label:<34}{r['configs']:>8}{compile_s:>11}{r['run_s']:>10.3f}{r['config_steps_per_s']:>16.3e}{ratio:>10.1f}")
+            print(
+                f"  {label:<34}{r['configs']:>8}{compile_s:>11}{r['run_s']:>10.3f}{r['config_steps_per_s']:>16.3e}{ratio:>10.1f}"
+            )
         print("  engine scaling: " + ", ".join(f"N={n}: {r['config_steps_per_s']:.3e}/s" for n, r in scaling.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

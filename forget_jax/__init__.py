@@ -9,9 +9,29 @@ from .spec import Hyper, Setup, make_hyper
 from .train import TRACE_COUNTS, make_train, simulate, simulate_one
 
 __all__ = [
-    "HYPER_DEFAULTS", "Field", "Hyper", "LearnerParams", "Mixture", "Objective", "Rule", "Setup", "TRACE_COUNTS",
-    "__version__", "analysis", "fields", "init_params", "learner_mixture", "make_hyper", "make_train",
-    "optimum_params", "register", "simulate", "simulate_one", "sweep", "target_mixture", "theory",
+    "HYPER_DEFAULTS",
+    "TRACE_COUNTS",
+    "Field",
+    "Hyper",
+    "LearnerParams",
+    "Mixture",
+    "Objective",
+    "Rule",
+    "Setup",
+    "__version__",
+    "analysis",
+    "fields",
+    "init_params",
+    "learner_mixture",
+    "make_hyper",
+    "make_train",
+    "optimum_params",
+    "register",
+    "simulate",
+    "simulate_one",
+    "sweep",
+    "target_mixture",
+    "theory",
 ]
 
 
@@ -21,8 +41,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def sweep(config_or_path, out=None, *, resume: bool = False, shard: tuple[int, int] = (0, 1),
-          chunk_size: int | None = None, progress: bool = True):
+def sweep(
+    config_or_path,
+    out=None,
+    *,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    chunk_size: int | None = None,
+    progress: bool = True,
+):
     """Run a sweep from a YAML path or a config dict and return an `xarray.Dataset`.
 
     Mirrors `forget-jax sweep CONFIG --out STORE`: with `out=None` nothing is written and the

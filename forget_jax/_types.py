@@ -8,4 +8,4 @@ Points = Float[Array, "n dim"]
 BoolScalar = Bool[Array, ""]
 IntScalar = Int[Array, ""]
 
-__all__ = ["Array", "Bool", "Float", "Int", "PRNGKeyArray", "Scalar", "Vector", "Points", "BoolScalar", "IntScalar"]
+__all__ = ["Array", "Bool", "BoolScalar", "Float", "Int", "IntScalar", "PRNGKeyArray", "Points", "Scalar", "Vector"]

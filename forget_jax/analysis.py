@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ._types import Array, Float, Scalar
+from ._types import Array, Float
 from .divergence import mixture_expectation
 from .model import LearnerParams, learner_mixture, optimum_params
 from .objectives.reverse_kl import population_kl
@@ -40,14 +40,18 @@ def _flat_objective(setup: Setup, separation, target_old_weight):
     star = optimum_params(hyper, setup)
 
     def loss(theta):
-        params = LearnerParams(theta[0], theta[1 : 1 + setup.dim], theta[1 + setup.dim :], star.old_scale, star.new_scale)
+        params = LearnerParams(
+            theta[0], theta[1 : 1 + setup.dim], theta[1 + setup.dim :], star.old_scale, star.new_scale
+        )
         return population_kl(params, hyper, setup)
 
     theta_star = jnp.concatenate([star.weight[None], star.old_mean, star.new_mean])
     return loss, theta_star, hyper
 
 
-def rkl_hessian(separation, target_old_weight, weight_param: str = "logit", dim: int = 1, x64: bool = True) -> Float[Array, "p p"]:
+def rkl_hessian(
+    separation, target_old_weight, weight_param: str = "logit", dim: int = 1, x64: bool = True
+) -> Float[Array, "p p"]:
     r"""Hessian of L_R = KL(q_theta || p*) at theta* (population, exact quadrature); equals the
     Fisher information I(theta*) there (T5). theta = (a or beta, m_o, m_n)."""
     setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
@@ -56,8 +60,9 @@ def rkl_hessian(separation, target_old_weight, weight_param: str = "logit", dim:
         return jax.hessian(loss)(theta_star)
 
 
-def fisher_information(separation, target_old_weight, weight_param: str = "logit", dim: int = 1,
-                       order: int = 96, x64: bool = True) -> Float[Array, "p p"]:
+def fisher_information(
+    separation, target_old_weight, weight_param: str = "logit", dim: int = 1, order: int = 96, x64: bool = True
+) -> Float[Array, "p p"]:
     r"""I(theta*) = E_{p*}[grad log q grad log q^T] at q = p*, by quadrature (T5)."""
     setup = Setup(objective="rkl", estimator="population", weight_param=weight_param, dim=dim, x64=x64)
     with _precision(x64):
@@ -81,7 +86,10 @@ def _fisher(setup, separation, target_old_weight, dim, order):
     return mixture_expectation(p_star, outer, order)
 
 
-def adaptive_eta(rewards, budget=math.log(2.0)) -> Scalar:
+LN2 = math.log(2.0)
+
+
+def adaptive_eta(rewards: Float[Array, "... G"], budget: float = LN2) -> Float[Array, ...]:
     r"""TTT-Discover's adaptive eta per group (rewards of shape (..., G)):
     KL(softmax(eta r) || Uniform_G) = budget (docs/science/methods.md B step 1); the engine's own solver."""
-    return group_eta(jnp.asarray(rewards), budget)
+    return group_eta(jnp.asarray(rewards), jnp.asarray(budget))

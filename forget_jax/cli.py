@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -54,16 +54,25 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 @app.command()
 def sweep(
-    config: Annotated[Path, typer.Argument(help="YAML sweep configuration: a path, or a shipped one by name (quickstart, phase_fkl_rkl, chen2025, chen2025_rkl)")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="YAML sweep configuration: a path, or a shipped one by name (quickstart, phase_fkl_rkl, chen2025, chen2025_rkl)"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="zarr store to write")],
     resume: Annotated[bool, typer.Option(help="continue a sweep: skip blocks already in the store")] = False,
-    shard: Annotated[Optional[str], typer.Option(help="run the disjoint slice i of N (e.g. 0/4) into one store")] = None,
-    chunk_size: Annotated[Optional[int], typer.Option(help="max configurations per compiled batch (default: memory budget)")] = None,
+    shard: Annotated[str | None, typer.Option(help="run the disjoint slice i of N (e.g. 0/4) into one store")] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="max configurations per compiled batch (default: memory budget)")
+    ] = None,
     x64: Annotated[bool, typer.Option("--x64", help="float64 instead of float32")] = False,
-    distributed: Annotated[bool, typer.Option(help="multi-host: jax.distributed.initialize, shard by process index")] = False,
-    coordinator: Annotated[Optional[str], typer.Option(help="jax.distributed coordinator host:port")] = None,
-    num_processes: Annotated[Optional[int], typer.Option(help="jax.distributed process count")] = None,
-    process_id: Annotated[Optional[int], typer.Option(help="jax.distributed process id")] = None,
+    distributed: Annotated[
+        bool, typer.Option(help="multi-host: jax.distributed.initialize, shard by process index")
+    ] = False,
+    coordinator: Annotated[str | None, typer.Option(help="jax.distributed coordinator host:port")] = None,
+    num_processes: Annotated[int | None, typer.Option(help="jax.distributed process count")] = None,
+    process_id: Annotated[int | None, typer.Option(help="jax.distributed process id")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ):
     """Run a sweep: YAML grid -> labelled arrays in a zarr store (written as it goes)."""
@@ -83,8 +92,10 @@ def sweep(
             shard_tuple = initialize_distributed(coordinator, num_processes, process_id)
         ds = run(spec, out, resume=resume, shard=shard_tuple, chunk_size=chunk_size, progress=progress)
         done = int(ds["completed"].sum())
-        typer.echo(f"wrote {out}: {done}/{ds['completed'].size} configurations done, dims "
-                   + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+        typer.echo(
+            f"wrote {out}: {done}/{ds['completed'].size} configurations done, dims "
+            + ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+        )
 
 
 @app.command()
@@ -107,14 +118,18 @@ def info(store: Annotated[Path, typer.Argument(help="zarr store written by `forg
             shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
             lines.append(f"  {name:<20} [{shown}]")
         markers = block_markers(store)
-        lines.append(f"done       {int(completed.sum())}/{completed.size} configurations "
-                     f"({len(markers)}/{attrs.get('blocks_total', '?')} blocks)")
+        lines.append(
+            f"done       {int(completed.sum())}/{completed.size} configurations "
+            f"({len(markers)}/{attrs.get('blocks_total', '?')} blocks)"
+        )
         lines.append(f"diverged   {int(ds['diverged'].values.sum())} configurations")
         compile_s = sum(m.get("compile_s", 0.0) for m in markers)
         run_s = sum(m.get("run_s", 0.0) for m in markers)
         wall_s = sum(m.get("wall_s", 0.0) for m in markers)
-        lines.append(f"time       wall {wall_s:.2f} s = compile {compile_s:.2f} s + run {run_s:.2f} s + I/O "
-                     f"{max(wall_s - compile_s - run_s, 0):.2f} s")
+        lines.append(
+            f"time       wall {wall_s:.2f} s = compile {compile_s:.2f} s + run {run_s:.2f} s + I/O "
+            f"{max(wall_s - compile_s - run_s, 0):.2f} s"
+        )
         typer.echo("\n".join(lines))
 
 
@@ -133,12 +148,24 @@ def export(
 @app.command()
 def plot(
     store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")],
-    x: Annotated[Optional[str], typer.Option(help="grid field on the x axis, or 'step' for trajectories (default: the first two grid axes with >1 value give a heatmap, one gives a line plot)")] = None,
-    y: Annotated[Optional[str], typer.Option(help="grid field on the y axis (heatmap); omit for a trajectory plot when x is 'step'")] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            help="grid field on the x axis, or 'step' for trajectories (default: the first two grid axes with >1 value give a heatmap, one gives a line plot)"
+        ),
+    ] = None,
+    y: Annotated[
+        str | None, typer.Option(help="grid field on the y axis (heatmap); omit for a trajectory plot when x is 'step'")
+    ] = None,
     var: Annotated[str, typer.Option(help="data variable to plot")] = "old_weight",
-    step: Annotated[str, typer.Option(help="'last', 'mean' (over logged steps) or an integer step (the nearest logged step is used)")] = "last",
-    sel: Annotated[Optional[list[str]], typer.Option(help="fix a grid axis: field=value (repeatable)")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output image (.png or .pdf); default STORE.<var>.png")] = None,
+    step: Annotated[
+        str,
+        typer.Option(help="'last', 'mean' (over logged steps) or an integer step (the nearest logged step is used)"),
+    ] = "last",
+    sel: Annotated[list[str] | None, typer.Option(help="fix a grid axis: field=value (repeatable)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output image (.png or .pdf); default STORE.<var>.png")
+    ] = None,
 ):
     """Phase diagram (heatmap over two grid axes) or trajectories (variable vs step)."""
     with user_errors():
@@ -175,7 +202,7 @@ def reproduce(
 
 @app.command()
 def fields(
-    write_readme: Annotated[Optional[Path], typer.Option(help="rewrite the configuration table of this README")] = None,
+    write_readme: Annotated[Path | None, typer.Option(help="rewrite the configuration table of this README")] = None,
 ):
     """Print the configuration table (every field: default, kind, bounds, symbol, meaning), or
     rewrite it in a README between its `fields:begin` / `fields:end` markers."""

@@ -14,7 +14,7 @@ import difflib
 import itertools
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -35,8 +35,9 @@ class ConfigBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    grid: dict[str, Any] = Field(default_factory=dict,
-                                 description="field -> list | {linspace: [a, b, n]} | {logspace: [a, b, n]}")
+    grid: dict[str, Any] = Field(
+        default_factory=dict, description="field -> list | {linspace: [a, b, n]} | {logspace: [a, b, n]}"
+    )
 
     @model_validator(mode="after")
     def _check_rules(self):
@@ -44,6 +45,10 @@ class ConfigBase(BaseModel):
         if problems:
             raise ValueError(problems[0])
         return self
+
+    if TYPE_CHECKING:  # the fields are added by `config_model` from the field table
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def setup(self) -> Setup:
         """The static fields as a `Setup` (one compile group)."""
@@ -66,7 +71,7 @@ def _whole(name: str):
 def _pydantic_field(f: fields.Field) -> tuple[Any, Any]:
     annotation: Any
     if f.choices is not None:
-        annotation = Literal[f.choices]  # type: ignore[valid-type]
+        annotation = Literal[f.choices]
     elif f.type is tuple:
         annotation = tuple[float, float, int]
     else:
@@ -141,9 +146,13 @@ def _expand_axis(name: str, spec: Any) -> list:
     logspace endpoints are exponents of 10)."""
     if isinstance(spec, dict):
         if len(spec) != 1 or next(iter(spec)) not in ("linspace", "logspace"):
-            raise ConfigError(f"grid.{name}={spec!r}: a range must be {{linspace: [a, b, n]}} or {{logspace: [a, b, n]}}")
+            raise ConfigError(
+                f"grid.{name}={spec!r}: a range must be {{linspace: [a, b, n]}} or {{logspace: [a, b, n]}}"
+            )
         kind, args = next(iter(spec.items()))
-        if not (isinstance(args, (list, tuple)) and len(args) == 3 and float(args[2]).is_integer() and int(args[2]) >= 1):
+        if not (
+            isinstance(args, (list, tuple)) and len(args) == 3 and float(args[2]).is_integer() and int(args[2]) >= 1
+        ):
             raise ConfigError(f"grid.{name}.{kind}={args!r}: needs [start, stop, count] with an integer count >= 1")
         values = getattr(np, kind)(float(args[0]), float(args[1]), int(args[2]))
         return [float(v) for v in values]
@@ -223,7 +232,8 @@ def _check_preset_grid(raw: dict, top: str, preset) -> None:
             raise ConfigError(
                 f"grid.objective={list(values)!r}: the {top} preset sets {key}={preset.get(key)!r}, so {other} would "
                 f"run with it instead of its own {o.preset.get(key)!r}; sweep one preset objective per config "
-                f"(configs/chen2025.yaml, configs/chen2025_rkl.yaml) or set {key} explicitly")
+                f"(configs/chen2025.yaml, configs/chen2025_rkl.yaml) or set {key} explicitly"
+            )
 
 
 def packaged_configs() -> Path:

@@ -134,8 +134,9 @@ def declare(*new: Field, owner: str = "") -> None:
         if old is not None:
             if old == f:
                 continue
-            raise ValueError(f"field {f.name!r} is already declared (by {old.owner or 'forget_jax'}); "
-                             "a field is declared once")
+            raise ValueError(
+                f"field {f.name!r} is already declared (by {old.owner or 'forget_jax'}); a field is declared once"
+            )
         _check_field(f)
         _TABLE.fields[f.name] = f
     _TABLE.version += 1
@@ -254,8 +255,10 @@ def _default_text(f: Field) -> str:
 def markdown_table(include_foreign: bool = False) -> str:
     """The README configuration table, one row per field (forget-jax's own fields unless
     `include_foreign`): key, default, kind, allowed values, symbol, meaning, objectives."""
-    rows = ["| key | default | kind | allowed | symbol | meaning | objectives |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| key | default | kind | allowed | symbol | meaning | objectives |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     chosen = [f for f in _TABLE.fields.values() if include_foreign or f.owner.startswith("forget_jax")]
     order = {g: i for i, g in enumerate(GROUPS)}
     chosen.sort(key=lambda f: order.get(f.group, len(GROUPS)))
@@ -263,7 +266,9 @@ def markdown_table(include_foreign: bool = False) -> str:
         objectives = ", ".join(f"`{o}`" for o in f.objective) if f.objective != ("all",) else "all"
         symbol = f"`{f.symbol}`" if f.symbol else ""
         doc = f.doc.replace("|", "\\|")
-        rows.append(f"| `{f.name}` | {_default_text(f)} | {f.kind} | {f.bounds_text()} | {symbol} | {doc} | {objectives} |")
+        rows.append(
+            f"| `{f.name}` | {_default_text(f)} | {f.kind} | {f.bounds_text()} | {symbol} | {doc} | {objectives} |"
+        )
     return "\n".join(rows)
 
 
@@ -285,28 +290,88 @@ _OWN = "forget_jax.fields"
 
 declare(
     # ---- engine: what is computed and how (static)
-    Field("objective", "static", "fkl", "the training objective (an entry of the objectives registry; docs/science/objectives.md)",
-          type=str, choices=("fkl",), group="engine"),
-    Field("estimator", "static", "population",
-          "`population` (exact expectation by Gauss-Hermite quadrature), `pathwise` or `score` "
-          "(Monte Carlo, leave-one-out baseline; docs/science/objectives.md)",
-          type=str, choices=("population", "pathwise", "score"), group="engine"),
-    Field("sampling", "static", "ancestral",
-          "Monte Carlo labels drawn from the weight (`ancestral`: starvation lives here) or both components "
-          "in every batch (`stratified`)", type=str, choices=("ancestral", "stratified"), group="engine"),
-    Field("dim", "static", 1, "dimension d of x (d > 1 needs equal, fixed scales: the exact reduction of model.md)",
-          type=int, ge=1, le=4096, symbol="d", label="dimension", group="engine"),
-    Field("batch_size", "static", 64, "samples per step B of the Monte Carlo estimators (bucketed, not padded)",
-          type=int, ge=1, le=1_000_000, symbol="B", group="engine"),
+    Field(
+        "objective",
+        "static",
+        "fkl",
+        "the training objective (an entry of the objectives registry; docs/science/objectives.md)",
+        type=str,
+        choices=("fkl",),
+        group="engine",
+    ),
+    Field(
+        "estimator",
+        "static",
+        "population",
+        "`population` (exact expectation by Gauss-Hermite quadrature), `pathwise` or `score` "
+        "(Monte Carlo, leave-one-out baseline; docs/science/objectives.md)",
+        type=str,
+        choices=("population", "pathwise", "score"),
+        group="engine",
+    ),
+    Field(
+        "sampling",
+        "static",
+        "ancestral",
+        "Monte Carlo labels drawn from the weight (`ancestral`: starvation lives here) or both components "
+        "in every batch (`stratified`)",
+        type=str,
+        choices=("ancestral", "stratified"),
+        group="engine",
+    ),
+    Field(
+        "dim",
+        "static",
+        1,
+        "dimension d of x (d > 1 needs equal, fixed scales: the exact reduction of model.md)",
+        type=int,
+        ge=1,
+        le=4096,
+        symbol="d",
+        label="dimension",
+        group="engine",
+    ),
+    Field(
+        "batch_size",
+        "static",
+        64,
+        "samples per step B of the Monte Carlo estimators (bucketed, not padded)",
+        type=int,
+        ge=1,
+        le=1_000_000,
+        symbol="B",
+        group="engine",
+    ),
     Field("steps", "static", 1000, "optimisation steps T", type=int, ge=1, le=100_000_000, symbol="T", group="engine"),
-    Field("log_every", "static", 10, "metrics at steps 0, k, 2k, ..., T (must divide `steps`)",
-          type=int, ge=1, symbol="k", group="engine"),
-    Field("weight_param", "static", "logit",
-          "old-weight update rule: GD on logit beta, GD on beta (clipped), or the replicator (Fisher-Rao) step, "
-          "EM at lr 1 under FKL (model.md, update rules)", type=str, choices=("logit", "direct", "replicator"),
-          group="engine"),
-    Field("optimizer", "static", "sgd", "`sgd` or `adam` (optax; the learning rate stays traced)", type=str,
-          choices=("sgd", "adam"), group="engine"),
+    Field(
+        "log_every",
+        "static",
+        10,
+        "metrics at steps 0, k, 2k, ..., T (must divide `steps`)",
+        type=int,
+        ge=1,
+        symbol="k",
+        group="engine",
+    ),
+    Field(
+        "weight_param",
+        "static",
+        "logit",
+        "old-weight update rule: GD on logit beta, GD on beta (clipped), or the replicator (Fisher-Rao) step, "
+        "EM at lr 1 under FKL (model.md, update rules)",
+        type=str,
+        choices=("logit", "direct", "replicator"),
+        group="engine",
+    ),
+    Field(
+        "optimizer",
+        "static",
+        "sgd",
+        "`sgd` or `adam` (optax; the learning rate stays traced)",
+        type=str,
+        choices=("sgd", "adam"),
+        group="engine",
+    ),
     Field("adam_b1", "static", 0.9, "Adam first-moment decay", ge=0, lt=1, group="engine"),
     Field("adam_b2", "static", 0.999, "Adam second-moment decay", ge=0, lt=1, group="engine"),
     Field("adam_eps", "static", 1e-8, "Adam epsilon", gt=0, group="engine"),
@@ -314,49 +379,153 @@ declare(
     Field("train_old_mean", "static", True, "train the old mean m_o", type=bool, group="engine"),
     Field("train_new_mean", "static", True, "train the new mean m_n", type=bool, group="engine"),
     Field("train_scales", "static", False, "train the component scales s_o, s_n", type=bool, group="engine"),
-    Field("quadrature_order", "static", 64, "Gauss-Hermite nodes per axis of the population objectives",
-          type=int, ge=4, le=512, group="engine"),
-    Field("metric_quadrature_order", "static", 64, "Gauss-Hermite nodes per axis of the exact metrics (KL, misassignment)",
-          type=int, ge=4, le=512, group="engine"),
-    Field("weight_clip", "static", 1e-3, "beta is clipped to [eps, 1 - eps] under `direct` / `replicator`",
-          gt=0, lt=0.5, symbol="ε", group="engine"),
-    Field("scale_min", "static", 1e-3, "learnable scales are clipped to >= scale_min (CRNC25: 1e-3)", gt=0, group="engine"),
-    Field("overlap_grid", "static", None, "grid `[lo, hi, n]` of CRNC25's overlap accuracies (D7); none: 512 points "
-          "over each target component +- 8 scales", type=tuple, nullable=True, group="engine"),
+    Field(
+        "quadrature_order",
+        "static",
+        64,
+        "Gauss-Hermite nodes per axis of the population objectives",
+        type=int,
+        ge=4,
+        le=512,
+        group="engine",
+    ),
+    Field(
+        "metric_quadrature_order",
+        "static",
+        64,
+        "Gauss-Hermite nodes per axis of the exact metrics (KL, misassignment)",
+        type=int,
+        ge=4,
+        le=512,
+        group="engine",
+    ),
+    Field(
+        "weight_clip",
+        "static",
+        1e-3,
+        "beta is clipped to [eps, 1 - eps] under `direct` / `replicator`",
+        gt=0,
+        lt=0.5,
+        symbol="ε",
+        group="engine",
+    ),
+    Field(
+        "scale_min", "static", 1e-3, "learnable scales are clipped to >= scale_min (CRNC25: 1e-3)", gt=0, group="engine"
+    ),
+    Field(
+        "overlap_grid",
+        "static",
+        None,
+        "grid `[lo, hi, n]` of CRNC25's overlap accuracies (D7); none: 512 points "
+        "over each target component +- 8 scales",
+        type=tuple,
+        nullable=True,
+        group="engine",
+    ),
     Field("x64", "static", False, "run in float64 (float32 otherwise)", type=bool, group="engine"),
     # ---- geometry of the target and the initial learner (traced; model.md)
-    Field("separation", "traced", 4.0, "Mahalanobis distance Delta between the target modes (mu_n* = mu_o* + Delta s_o e_1)",
-          ge=0, le=1e3, symbol="Δ", group="geometry"),
+    Field(
+        "separation",
+        "traced",
+        4.0,
+        "Mahalanobis distance Delta between the target modes (mu_n* = mu_o* + Delta s_o e_1)",
+        ge=0,
+        le=1e3,
+        symbol="Δ",
+        group="geometry",
+    ),
     Field("target_old_weight", "traced", 0.5, "target old weight beta*", gt=0, lt=1, symbol="β*", group="geometry"),
-    Field("target_old_mean", "traced", 0.0, "position of the target old mode mu_o* along e_1", symbol="μ_o*",
-          group="geometry"),
+    Field(
+        "target_old_mean",
+        "traced",
+        0.0,
+        "position of the target old mode mu_o* along e_1",
+        symbol="μ_o*",
+        group="geometry",
+    ),
     Field("target_old_scale", "traced", 1.0, "target old scale s_o*", gt=0, symbol="s_o*", group="geometry"),
     Field("target_new_scale", "traced", 1.0, "target new scale s_n*", gt=0, symbol="s_n*", group="geometry"),
-    Field("init_old_weight", "traced", 0.5, "initial old weight beta(0)", gt=0, lt=1, symbol="β(0)",
-          label="initial old weight", group="geometry"),
-    Field("init_old_offset", "traced", 0.0, "m_o(0) - mu_o* along the separation axis", symbol="m_o(0) − μ_o*",
-          label="initial old offset", group="geometry"),
-    Field("init_new_offset", "traced", -1.0, "m_n(0) - mu_n* along the separation axis", symbol="m_n(0) − μ_n*",
-          label="initial new offset", group="geometry"),
+    Field(
+        "init_old_weight",
+        "traced",
+        0.5,
+        "initial old weight beta(0)",
+        gt=0,
+        lt=1,
+        symbol="β(0)",
+        label="initial old weight",
+        group="geometry",
+    ),
+    Field(
+        "init_old_offset",
+        "traced",
+        0.0,
+        "m_o(0) - mu_o* along the separation axis",
+        symbol="m_o(0) − μ_o*",
+        label="initial old offset",
+        group="geometry",
+    ),
+    Field(
+        "init_new_offset",
+        "traced",
+        -1.0,
+        "m_n(0) - mu_n* along the separation axis",
+        symbol="m_n(0) − μ_n*",
+        label="initial new offset",
+        group="geometry",
+    ),
     Field("init_old_scale", "traced", 1.0, "initial old scale s_o(0)", gt=0, symbol="s_o(0)", group="geometry"),
     Field("init_new_scale", "traced", 1.0, "initial new scale s_n(0)", gt=0, symbol="s_n(0)", group="geometry"),
     # ---- training (traced)
-    Field("replay_ratio", "traced", 0.0,
-          "lambda: FKL trains on (1 - lambda) p_new + lambda p_old; RKL samples (1 - lambda) q + lambda p_old with "
-          "weights q / m <= 1 / (1 - lambda) (model.md D5, claims.md T2, T6)", ge=0, lt=1, symbol="λ",
-          objective=("fkl", "rkl", "chen2025_fkl"), group="training"),
+    Field(
+        "replay_ratio",
+        "traced",
+        0.0,
+        "lambda: FKL trains on (1 - lambda) p_new + lambda p_old; RKL samples (1 - lambda) q + lambda p_old with "
+        "weights q / m <= 1 / (1 - lambda) (model.md D5, claims.md T2, T6)",
+        ge=0,
+        lt=1,
+        symbol="λ",
+        objective=("fkl", "rkl", "chen2025_fkl"),
+        group="training",
+    ),
     Field("learning_rate", "traced", 0.05, "learning rate eta", gt=0, le=1e6, symbol="η", group="training"),
-    Field("old_lr_scale", "traced", 1.0, "learning-rate multiplier of the old group (beta, m_o, s_o; CRNC25: 0.005)",
-          ge=0, symbol="η_o/η", label="old learning-rate scale", group="training"),
-    Field("new_lr_scale", "traced", 1.0, "learning-rate multiplier of the new group (m_n, s_n)", ge=0,
-          symbol="η_n/η", label="new learning-rate scale", group="training"),
+    Field(
+        "old_lr_scale",
+        "traced",
+        1.0,
+        "learning-rate multiplier of the old group (beta, m_o, s_o; CRNC25: 0.005)",
+        ge=0,
+        symbol="η_o/η",
+        label="old learning-rate scale",
+        group="training",
+    ),
+    Field(
+        "new_lr_scale",
+        "traced",
+        1.0,
+        "learning-rate multiplier of the new group (m_n, s_n)",
+        ge=0,
+        symbol="η_n/η",
+        label="new learning-rate scale",
+        group="training",
+    ),
     # ---- sweep bookkeeping
-    Field("seeds", "sweep", 1, "number of seeds (a count): seeds seed_offset ... seed_offset + seeds - 1",
-          type=int, ge=1, le=1_000_000, group="sweep"),
+    Field(
+        "seeds",
+        "sweep",
+        1,
+        "number of seeds (a count): seeds seed_offset ... seed_offset + seeds - 1",
+        type=int,
+        ge=1,
+        le=1_000_000,
+        group="sweep",
+    ),
     Field("seed_offset", "sweep", 0, "first seed", type=int, ge=0, le=2**31 - 1_000_001, group="sweep"),
     Field("name", "sweep", "sweep", "name of the sweep (progress bar, store attribute)", type=str, group="sweep"),
-    Field("description", "sweep", "", "free text kept in the store's config", type=str, default_text='""',
-          group="sweep"),
+    Field(
+        "description", "sweep", "", "free text kept in the store's config", type=str, default_text='""', group="sweep"
+    ),
     owner=_OWN,
 )
 
@@ -378,12 +547,18 @@ def _equal_scales_rule(v: Mapping[str, Any]) -> str | None:
     scales = ("target_old_scale", "target_new_scale", "init_old_scale", "init_new_scale")
     if v["dim"] > 1 and (v["train_scales"] or len({v[k] for k in scales}) > 1):
         got = ", ".join(f"{k}={v[k]}" for k in ("train_scales", *scales))
-        return (f"dim={v['dim']} > 1 needs equal, fixed component scales (train_scales=false, all scales equal); "
-                f"got {got}")
+        return (
+            f"dim={v['dim']} > 1 needs equal, fixed component scales (train_scales=false, all scales equal); got {got}"
+        )
     return None
 
 
 add_rule(Rule(("steps", "log_every"), _steps_rule, "log_every divides steps"))
 add_rule(Rule(("overlap_grid",), _overlap_grid_rule, "overlap_grid is [lo, hi, n]"))
-add_rule(Rule(("dim", "train_scales", "target_old_scale", "target_new_scale", "init_old_scale", "init_new_scale"),
-              _equal_scales_rule, "d > 1 needs equal, fixed scales"))
+add_rule(
+    Rule(
+        ("dim", "train_scales", "target_old_scale", "target_new_scale", "init_old_scale", "init_new_scale"),
+        _equal_scales_rule,
+        "d > 1 needs equal, fixed scales",
+    )
+)

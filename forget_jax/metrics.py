@@ -64,8 +64,13 @@ def _overlap_grid(center: Scalar, scale: Scalar, setup: Setup) -> Float[Array, "
 
 
 def component_overlap(
-    target_weight: Scalar, target_mean: Scalar, target_scale: Scalar,
-    model_weight: Scalar, model_mean: Scalar, model_scale: Scalar, setup: Setup,
+    target_weight: Scalar,
+    target_mean: Scalar,
+    target_scale: Scalar,
+    model_weight: Scalar,
+    model_mean: Scalar,
+    model_scale: Scalar,
+    setup: Setup,
 ) -> Scalar:
     r"""CRNC25's accuracy (D7): $\int \min(w^* N(\mu^*, s^*), w N(m, s)) / \int w^* N(\mu^*, s^*)$,
     trapezoid rule on a 1-D grid along the separation axis (marginals of the components)."""

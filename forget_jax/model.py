@@ -25,20 +25,20 @@ class Mixture(eqx.Module):
     old_scale: Scalar
     new_scale: Scalar
 
-    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, "..."]:
+    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
         return gaussian.mixture_log_density(
             x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
         )
 
-    def old_responsibility(self, x: Float[Array, "... k"]) -> Float[Array, "..."]:
+    def old_responsibility(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
         return gaussian.old_responsibility(
             x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
         )
 
-    def component_log_probs(self, x: Float[Array, "... k"]) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+    def component_log_probs(self, x: Float[Array, "... k"]) -> tuple[Float[Array, ...], Float[Array, ...]]:
         return gaussian.component_log_densities(x, self.old_mean, self.new_mean, self.old_scale, self.new_scale)
 
-    def project(self, basis: Float[Array, "d k"], origin: Float[Array, " d"]) -> "Mixture":
+    def project(self, basis: Float[Array, "d k"], origin: Float[Array, " d"]) -> Mixture:
         """The same mixture in the coordinates y = basis^T (x - origin) (exact for densities ratios
         when the span of `basis` contains every mean and the scales are equal; quadrature.py)."""
         return Mixture(
@@ -83,7 +83,9 @@ def training_mixture(hyper: Hyper, setup: Setup) -> Mixture:
 
 def old_task(target: Mixture) -> Mixture:
     """p_old as a (degenerate) mixture with all mass on the old component."""
-    return Mixture(jnp.ones_like(target.old_weight), target.old_mean, target.new_mean, target.old_scale, target.new_scale)
+    return Mixture(
+        jnp.ones_like(target.old_weight), target.old_mean, target.new_mean, target.old_scale, target.new_scale
+    )
 
 
 def old_weight(params: LearnerParams, setup: Setup) -> Scalar:

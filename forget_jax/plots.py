@@ -35,9 +35,10 @@ from __future__ import annotations
 import math
 import textwrap
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -67,9 +68,17 @@ def label(name: str) -> str:
 # theory overlays
 
 
-def theory_overlay(var: str, *, objective: str | None, replay_ratio=None, batch_size=None, old_weight=None,
-                   estimator: str | None = "score", sampling: str | None = "ancestral",
-                   train_weight: bool | None = True) -> np.ndarray | None:
+def theory_overlay(
+    var: str,
+    *,
+    objective: str | None,
+    replay_ratio=None,
+    batch_size=None,
+    old_weight=None,
+    estimator: str | None = "score",
+    sampling: str | None = "ancestral",
+    train_weight: bool | None = True,
+) -> np.ndarray | None:
     r"""The theoretical value of `var` where docs/science/claims.md has one, broadcast over the array arguments.
 
     * `old_weight`, objective `fkl`: the population optimum of KL(p_lambda || q_theta),
@@ -94,7 +103,12 @@ def theory_overlay(var: str, *, objective: str | None, replay_ratio=None, batch_
                 return None
             return np.asarray(theory.fkl_replay_optimum(np.asarray(replay_ratio, np.float64)), np.float64)
         if var == "starved_fraction":
-            if estimator in (None, "population") or sampling != "ancestral" or replay_ratio is None or batch_size is None:
+            if (
+                estimator in (None, "population")
+                or sampling != "ancestral"
+                or replay_ratio is None
+                or batch_size is None
+            ):
                 return None
             if objective == "fkl":
                 beta = 0.0
@@ -102,8 +116,9 @@ def theory_overlay(var: str, *, objective: str | None, replay_ratio=None, batch_
                 beta = np.asarray(old_weight, np.float64)
             else:
                 return None
-            value = theory.starvation_probability(beta, np.asarray(replay_ratio, np.float64),
-                                                  np.asarray(batch_size, np.float64))
+            value = theory.starvation_probability(
+                beta, np.asarray(replay_ratio, np.float64), np.asarray(batch_size, np.float64)
+            )
             return np.asarray(value, np.float64)
     return None
 
@@ -132,7 +147,7 @@ def _fmt(value: Any) -> str:
 def _allowed(values, limit: int = 24) -> str:
     items = [_fmt(v) for v in values]
     if len(items) > limit:
-        items = items[: limit - 4] + ["..."] + items[-3:]
+        items = [*items[: limit - 4], "...", *items[-3:]]
     return ", ".join(items)
 
 
@@ -187,7 +202,10 @@ class _Step:
 def _resolve_step(ds: xr.Dataset, step: Any) -> _Step:
     steps = ds["step"].values
     described = f"logged steps {_fmt(steps[0])}..{_fmt(steps[-1])}" + (
-        f" every {_fmt(steps[1] - steps[0])}" if len(steps) > 1 and np.all(np.diff(steps) == steps[1] - steps[0]) else "")
+        f" every {_fmt(steps[1] - steps[0])}"
+        if len(steps) > 1 and np.all(np.diff(steps) == steps[1] - steps[0])
+        else ""
+    )
     text = str(step).strip().lower()
     if text == "last":
         return _Step("index", len(steps) - 1, int(steps[-1]))
@@ -233,7 +251,7 @@ def _resolve(ds: xr.Dataset, x, y, var: str, sel: Mapping[str, Any] | None) -> _
     if var not in metrics:
         raise ValueError(f"var={var!r} is not a variable of this store; allowed: {', '.join(metrics)}")
     grid = [d for d in ds[var].dims if d not in ("seed", "step")]
-    selectable = grid + ["seed"]
+    selectable = [*grid, "seed"]
     chosen: dict[str, Any] = {}
     for name, value in (sel or {}).items():
         if name not in selectable:
@@ -457,15 +475,17 @@ def _heatmap(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> l
     import matplotlib
 
     da = _selected(ds, var, req, step)
-    da = _nanmean(da, req.averaged + ["seed"])
+    da = _nanmean(da, [*req.averaged, "seed"])
     for name in (req.x, req.y):
         if _is_numeric(ds[name].values):
             da = da.sortby(name)
     da = da.transpose(req.y, req.x)
     values = da.values.astype(np.float64)
     if not np.isfinite(values).any():
-        raise ValueError(f"{var} has no finite value at the chosen step for this selection "
-                         f"(step {step.value}; diverged or not computed yet?)")
+        raise ValueError(
+            f"{var} has no finite value at the chosen step for this selection "
+            f"(step {step.value}; diverged or not computed yet?)"
+        )
     xv, yv = da[req.x].values, da[req.y].values
     xpos, xscale = _place(ax, "x", req.x, xv)
     ypos, yscale = _place(ax, "y", req.y, yv)
@@ -494,9 +514,16 @@ def _heatmap(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> l
     fx, fy = _fine(xpos, xscale), _fine(ypos, yscale)
     gx, gy = np.meshgrid(fx, fy)
     params = {**params, req.x: gx, req.y: gy}
-    z = theory_overlay(var, objective=params.get("objective"), replay_ratio=params.get("replay_ratio"),
-                       batch_size=params.get("batch_size"), old_weight=beta, estimator=params.get("estimator"),
-                       sampling=params.get("sampling"), train_weight=params.get("train_weight"))
+    z = theory_overlay(
+        var,
+        objective=params.get("objective"),
+        replay_ratio=params.get("replay_ratio"),
+        batch_size=params.get("batch_size"),
+        old_weight=beta,
+        estimator=params.get("estimator"),
+        sampling=params.get("sampling"),
+        train_weight=params.get("train_weight"),
+    )
     if z is None:
         return handles
     z = np.broadcast_to(z, gx.shape)
@@ -583,9 +610,16 @@ def _lines(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> lis
         else:
             tx = _fine(xpos, xscale)
             p[xname] = tx
-        z = theory_overlay(var, objective=p.get("objective"), replay_ratio=p.get("replay_ratio"),
-                           batch_size=p.get("batch_size"), old_weight=beta, estimator=p.get("estimator"),
-                           sampling=p.get("sampling"), train_weight=p.get("train_weight"))
+        z = theory_overlay(
+            var,
+            objective=p.get("objective"),
+            replay_ratio=p.get("replay_ratio"),
+            batch_size=p.get("batch_size"),
+            old_weight=beta,
+            estimator=p.get("estimator"),
+            sampling=p.get("sampling"),
+            train_weight=p.get("train_weight"),
+        )
         if z is None:
             continue
         z = np.broadcast_to(z, np.shape(tx))
@@ -601,8 +635,15 @@ def _lines(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> lis
         text = _overlay_text(var, theory_params, beta_shown).replace("theory (dashed): ", "theory: ")
         extra.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.4, label=text))
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", title=label(req.hue), fontsize=8, title_fontsize=9,
-                   ncols=max(1, math.ceil(len(handles) / 14)))
+        fig.legend(
+            handles,
+            labels,
+            loc="outside right upper",
+            title=label(req.hue),
+            fontsize=8,
+            title_fontsize=9,
+            ncols=max(1, math.ceil(len(handles) / 14)),
+        )
     if data.sizes.get("seed", 1) > 1:
         extra.append(_band_handle(data.sizes["seed"]))
     return extra
@@ -617,9 +658,15 @@ def _band_handle(n: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_store(ds: xr.Dataset, x: str | None = None, y: str | None = None, var: str = "old_weight",
-               step: str | int = "last", sel: Mapping[str, Any] | None = None,
-               out: str | Path | None = None) -> Path:
+def plot_store(
+    ds: xr.Dataset,
+    x: str | None = None,
+    y: str | None = None,
+    var: str = "old_weight",
+    step: str | int = "last",
+    sel: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+) -> Path:
     """Draw `var` from a store and save it to `out` (.png at 150 dpi, .pdf or .svg); return the path.
 
     Which view (docs/science/studies.md section 4):

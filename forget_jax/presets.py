@@ -22,6 +22,7 @@ estimators, follows the CRNC25 code within Monte Carlo noise (tests/test_chen202
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def chen2025_setup_and_hyper(
     setup_values["objective"] = objective
     setup = Setup(**setup_values)
 
-    hyper_values = {k: v for k, v in CHEN2025.items() if k in fields.names("traced")}
+    hyper_values: dict[str, Any] = {k: v for k, v in CHEN2025.items() if k in fields.names("traced")}
     hyper_values["learning_rate"] = lr
     if new_mode_position is not None:
         hyper_values["separation"] = (new_mode_position - CHEN2025_TARGET_OLD_MEAN) / hyper_values["target_old_scale"]

@@ -37,7 +37,7 @@ class Setup:
     static fields only (e.g. `group_size` dividing `batch_size`), raising `ValueError`.
     """
 
-    __slots__ = ("_values", "_key")
+    __slots__ = ("_key", "_values")
 
     def __init__(self, **values: Any):
         static = fields.defaults("static")
@@ -126,8 +126,8 @@ class Hyper(eqx.Module):
 
     values: dict[str, Array]
 
-    def __init__(self, **values: Array):
-        self.values = values
+    def __init__(self, **values: Array | np.ndarray):
+        self.values = values  # type: ignore[assignment]
 
     def __getattr__(self, name: str) -> Array:
         if name.startswith("_") or name == "values":

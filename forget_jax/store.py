@@ -23,13 +23,13 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from .config import SweepSpec
 from .metrics import METRIC_NAMES
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # plan.py imports nothing from here; avoid the import cycle at runtime
     from .runner.plan import Block, Plan
@@ -45,7 +45,7 @@ def logged_steps(spec: SweepSpec) -> np.ndarray:
     """Union of the logged steps of every compile group (steps / log_every may be grid axes)."""
     steps = spec.axes.get("steps", [spec.base.steps])
     every = spec.axes.get("log_every", [spec.base.log_every])
-    union = set()
+    union: set[int] = set()
     for s in steps:
         for k in every:
             union.update(range(0, s + 1, k))
@@ -110,7 +110,7 @@ def create(path: str | Path, spec: SweepSpec, plan: Plan, attrs: dict) -> None:
         # progress folder (format 3 would warn about it as an unknown hierarchy member)
         ds.to_zarr(path, mode="w", compute=False, consolidated=True, zarr_format=2)
         _done_dir(path).mkdir(parents=True, exist_ok=True)
-        ready.write_text(_dt.datetime.now(_dt.timezone.utc).isoformat())
+        ready.write_text(_dt.datetime.now(_dt.UTC).isoformat())
     finally:
         lock.unlink(missing_ok=True)
 
@@ -130,8 +130,10 @@ def _wait_while_creating(path: Path, timeout_s: float = 300.0) -> None:
     deadline = time.time() + timeout_s
     while not ready.exists() and lock.exists():
         if time.time() > deadline:
-            raise StoreError(f"{path}: another process is creating this store and has not finished in "
-                             f"{timeout_s:.0f} s (delete {lock} if it crashed)")
+            raise StoreError(
+                f"{path}: another process is creating this store and has not finished in "
+                f"{timeout_s:.0f} s (delete {lock} if it crashed)"
+            )
         time.sleep(0.1)
 
 
@@ -140,8 +142,10 @@ def check_compatible(path: str | Path, spec: SweepSpec) -> tuple[int, ...]:
     path = Path(path)
     _wait_while_creating(path)
     if not (path / PROGRESS_DIR / "ready").exists():
-        raise StoreError(f"{path} exists but is not a forget-jax store (or its creation was interrupted); "
-                         "delete it or choose another --out")
+        raise StoreError(
+            f"{path} exists but is not a forget-jax store (or its creation was interrupted); "
+            "delete it or choose another --out"
+        )
     attrs = read_attrs(path)
     if attrs.get("config") != spec.to_yaml():
         raise StoreError(f"{path} holds a different sweep (its config differs); use another --out, or delete it")
@@ -160,8 +164,9 @@ def block_markers(path: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.exists() else []
 
 
-def write_block(path: str | Path, spec: SweepSpec, block: Block, metrics: dict[str, np.ndarray],
-                diverged: np.ndarray, timing: dict) -> None:
+def write_block(
+    path: str | Path, spec: SweepSpec, block: Block, metrics: dict[str, np.ndarray], diverged: np.ndarray, timing: dict
+) -> None:
     """Write one block's arrays into its own chunk, then commit it with an atomic marker."""
     path = Path(path)
     dims = spec.dims

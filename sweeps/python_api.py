@@ -1,6 +1,6 @@
 """The Python API: the same sweep as `forget-jax sweep`, in memory or into a store.
 
-    python sweeps/python_api.py
+python sweeps/python_api.py
 """
 
 from pathlib import Path

@@ -47,8 +47,10 @@ def overlaps(theta, target=TARGET, grid=X_GRID):
     (w1, m1, t1), (w2, m2, t2) = target
     p1, p2 = w1 * normal_pdf(grid, m1, t1), w2 * normal_pdf(grid, m2, t2)
     q1, q2 = pi1 * normal_pdf(grid, mu1, s1), (1 - pi1) * normal_pdf(grid, mu2, s2)
-    return (np.trapezoid(np.minimum(p1, q1), grid) / np.trapezoid(p1, grid),
-            np.trapezoid(np.minimum(p2, q2), grid) / np.trapezoid(p2, grid))
+    return (
+        np.trapezoid(np.minimum(p1, q1), grid) / np.trapezoid(p1, grid),
+        np.trapezoid(np.minimum(p2, q2), grid) / np.trapezoid(p2, grid),
+    )
 
 
 def mixture_scores(x, theta):
@@ -58,13 +60,15 @@ def mixture_scores(x, theta):
     q1, q2 = pi1 * n1, (1 - pi1) * n2
     qx = q1 + q2 + TINY
     r1, r2 = q1 / qx, q2 / qx
-    score = np.stack([
-        (n1 - n2) / qx,
-        r1 * (x - mu1) / s1**2,
-        r1 * (-1 / s1 + (x - mu1) ** 2 / s1**3),
-        r2 * (x - mu2) / s2**2,
-        r2 * (-1 / s2 + (x - mu2) ** 2 / s2**3),
-    ])
+    score = np.stack(
+        [
+            (n1 - n2) / qx,
+            r1 * (x - mu1) / s1**2,
+            r1 * (-1 / s1 + (x - mu1) ** 2 / s1**3),
+            r2 * (x - mu2) / s2**2,
+            r2 * (-1 / s2 + (x - mu2) ** 2 / s2**3),
+        ]
+    )
     return score, qx, q2
 
 
@@ -104,7 +108,7 @@ def engine_runs():
     hyper = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), fkl[0][1], fkl[1][1])
     both = simulate(fkl[0][0], hyper)
     for i, lr in enumerate((0.15, 0.01)):
-        out[("chen2025_fkl", lr)] = {k: v[i * ENGINE_SEEDS:(i + 1) * ENGINE_SEEDS] for k, v in both.items()}
+        out[("chen2025_fkl", lr)] = {k: v[i * ENGINE_SEEDS : (i + 1) * ENGINE_SEEDS] for k, v in both.items()}
     out[("chen2025_rkl", 0.01)] = simulate(*chen2025_setup_and_hyper("chen2025_rkl", 0.01, seeds=range(ENGINE_SEEDS)))
     return out
 
@@ -174,8 +178,10 @@ def test_engine_follows_crnc25_reference(engine_runs, reference_runs, objective,
         diff = a.mean(0) - b.mean(0)
         se = np.sqrt(a.var(0, ddof=1) / len(a) + b.var(0, ddof=1) / len(b))
         ratio = np.abs(diff) / (4 * se + 2e-4)
-        report.append(f"{name}: final {a[:, -1].mean():.4f} vs {b[:, -1].mean():.4f}, worst |d|/(4se+2e-4) "
-                      f"{ratio.max():.2f} at step {ratio.argmax()}")
+        report.append(
+            f"{name}: final {a[:, -1].mean():.4f} vs {b[:, -1].mean():.4f}, worst |d|/(4se+2e-4) "
+            f"{ratio.max():.2f} at step {ratio.argmax()}"
+        )
         assert ratio.max() < 1.0, report[-1]
     print(f"\n{objective} lr={lr}: " + "; ".join(report))
 
@@ -209,13 +215,15 @@ def grad_q(x, theta):
     """grad_theta q(x) in (pi1, mu1, s1, mu2, s2) order (never divided by a density)."""
     pi1, mu1, s1, mu2, s2 = theta
     n1, n2 = normal_pdf(x, mu1, s1), normal_pdf(x, mu2, s2)
-    return np.stack([
-        n1 - n2,
-        pi1 * n1 * (x - mu1) / s1**2,
-        pi1 * n1 * (-1 / s1 + (x - mu1) ** 2 / s1**3),
-        (1 - pi1) * n2 * (x - mu2) / s2**2,
-        (1 - pi1) * n2 * (-1 / s2 + (x - mu2) ** 2 / s2**3),
-    ])
+    return np.stack(
+        [
+            n1 - n2,
+            pi1 * n1 * (x - mu1) / s1**2,
+            pi1 * n1 * (-1 / s1 + (x - mu1) ** 2 / s1**3),
+            (1 - pi1) * n2 * (x - mu2) / s2**2,
+            (1 - pi1) * n2 * (-1 / s2 + (x - mu2) ** 2 / s2**3),
+        ]
+    )
 
 
 def rkl_expectations(theta, lo=-40.0, hi=40.0, n=400_001):
@@ -262,11 +270,18 @@ def test_rkl_constants_vanish_only_in_exact_expectation():
     e = rkl_expectations(THETA0)
     np.testing.assert_allclose(e["zero"], 0.0, atol=1e-10)
     a = 6 / 0.98  # (log p2 - log N2)(x) = a x - 12/.98 at mu2 = .5, s2 = .7
-    closed = np.array([
-        a * (-3.5 - 0.5),  # int (a x + b)(N1 - N2) = a (mu1 - mu2)
-        0.75 * a,  # int (a x + b) pi1 N1 (x - mu1) / s1^2 = pi1 a
-        0.0, 0.25 * a, 0.0,  # odd/even moments vanish for the scales
-    ]) / 0.25
+    closed = (
+        np.array(
+            [
+                a * (-3.5 - 0.5),  # int (a x + b)(N1 - N2) = a (mu1 - mu2)
+                0.75 * a,  # int (a x + b) pi1 N1 (x - mu1) / s1^2 = pi1 a
+                0.0,
+                0.25 * a,
+                0.0,  # odd/even moments vanish for the scales
+            ]
+        )
+        / 0.25
+    )
     np.testing.assert_allclose(e["claim"], closed, atol=1e-8)
 
 
@@ -308,7 +323,9 @@ def test_rkl_old_group_expectation_not_reproduced():
     assert log_second[0] < log_second[1] - 5 < log_second[2] - 20
     # typical vs expected: medians of 1000-sample batches
     rng = np.random.default_rng(5)
-    numpy_batches = np.array([reinforce_direction(rng.normal(0.5, 0.7, SAMPLES), THETA0)[0].mean() for _ in range(2000)])
+    numpy_batches = np.array(
+        [reinforce_direction(rng.normal(0.5, 0.7, SAMPLES), THETA0)[0].mean() for _ in range(2000)]
+    )
     engine_batches = -engine_gradients("chen2025_rkl", THETA0, jax.random.split(jax.random.key(5), 2000))[:, 0]
     numpy_median, engine_median = np.median(numpy_batches), np.median(engine_batches)
     assert 12.0 < numpy_median < 23.0 and 12.0 < engine_median < 23.0, (numpy_median, engine_median)
@@ -331,6 +348,10 @@ def test_rkl_constants_drive_the_old_weight_down():
     rng = np.random.default_rng(9)
     numpy_batches = [reinforce_direction(rng.normal(3.5, 0.7, SAMPLES), theta)[0].mean() for _ in range(64)]
     np.testing.assert_allclose(numpy_batches, -c / 0.25, rtol=0.02)
-    finals = {drop: np.median([reference_run("chen2025_rkl", 0.01, np.random.default_rng([4, s]), drop)[-1, 0]
-                               for s in range(12)]) for drop in (False, True)}
+    finals = {
+        drop: np.median(
+            [reference_run("chen2025_rkl", 0.01, np.random.default_rng([4, s]), drop)[-1, 0] for s in range(12)]
+        )
+        for drop in (False, True)
+    }
     assert finals[False] < 0.70 < 0.74 < finals[True], finals

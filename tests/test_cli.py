@@ -53,8 +53,16 @@ def test_subcommand_help(command):
 
 def test_sweep_help_lists_options():
     out = CliRunner().invoke(app, ["sweep", "--help"]).output
-    for option in ("--out", "--resume", "--shard", "--chunk-size", "--distributed", "--coordinator",
-                   "--num-processes", "--process-id"):
+    for option in (
+        "--out",
+        "--resume",
+        "--shard",
+        "--chunk-size",
+        "--distributed",
+        "--coordinator",
+        "--num-processes",
+        "--process-id",
+    ):
         assert option in out, option
 
 
@@ -65,8 +73,9 @@ def test_sweep_help_lists_options():
 def test_quickstart_end_to_end(tmp_path):
     store = tmp_path / "quickstart.zarr"
     runner = CliRunner()
-    result = runner.invoke(app, ["sweep", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(store),
-                                 "--no-progress"])
+    result = runner.invoke(
+        app, ["sweep", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(store), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "144/144 configurations done" in result.stdout
 
@@ -95,14 +104,20 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 def test_info_counts_partial_store(tmp_path):
-    cfg = {"name": "partial", "estimator": "population", "steps": 10, "log_every": 5,
-           "grid": {"separation": [1.0, 2.0, 3.0, 4.0]}}
+    cfg = {
+        "name": "partial",
+        "estimator": "population",
+        "steps": 10,
+        "log_every": 5,
+        "grid": {"separation": [1.0, 2.0, 3.0, 4.0]},
+    }
     path = tmp_path / "partial.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     store = tmp_path / "partial.zarr"
     runner = CliRunner()
-    result = runner.invoke(app, ["sweep", str(path), "--out", str(store), "--shard", "0/2", "--chunk-size", "1",
-                                 "--no-progress"])
+    result = runner.invoke(
+        app, ["sweep", str(path), "--out", str(store), "--shard", "0/2", "--chunk-size", "1", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     info = runner.invoke(app, ["info", str(store)])
     assert info.exit_code == 0, info.output
@@ -118,8 +133,13 @@ def test_bad_config_subprocess_exit_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("objective: fkl\nreplay_ratio: 1.0\n")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([*_console_script(), "sweep", str(path), "--out", str(tmp_path / "x.zarr")],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [*_console_script(), "sweep", str(path), "--out", str(tmp_path / "x.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     line = _one_error_line(result.stderr)
     assert "replay_ratio=1.0" in line and "less than 1" in line
@@ -152,9 +172,11 @@ def test_bad_invocation_one_error_line(tmp_path, text, extra, expected):
 
 def test_missing_files_one_error_line(tmp_path):
     runner = CliRunner()
-    for args, needle in ((["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "x.zarr")], "nope.yaml"),
-                         (["info", str(tmp_path / "missing.zarr")], "missing.zarr"),
-                         (["export", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "m.nc")], "missing.zarr")):
+    for args, needle in (
+        (["sweep", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "x.zarr")], "nope.yaml"),
+        (["info", str(tmp_path / "missing.zarr")], "missing.zarr"),
+        (["export", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "m.nc")], "missing.zarr"),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert needle in _one_error_line(result.stderr)

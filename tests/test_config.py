@@ -15,12 +15,16 @@ from forget_jax.config import ConfigError, SimulationConfig, load_config
 
 
 def test_grid_lists_linspace_logspace_match_numpy():
-    spec = load_config({"grid": {
-        "separation": {"linspace": [0.5, 6.0, 12]},
-        "learning_rate": {"logspace": [-3, -1, 5]},
-        "replay_ratio": [0.0, 0.1, 0.5],
-        "init_old_weight": 0.3,  # a scalar is a one-value axis
-    }})
+    spec = load_config(
+        {
+            "grid": {
+                "separation": {"linspace": [0.5, 6.0, 12]},
+                "learning_rate": {"logspace": [-3, -1, 5]},
+                "replay_ratio": [0.0, 0.1, 0.5],
+                "init_old_weight": 0.3,  # a scalar is a one-value axis
+            }
+        }
+    )
     np.testing.assert_array_equal(spec.axes["separation"], np.linspace(0.5, 6.0, 12))
     np.testing.assert_array_equal(spec.axes["learning_rate"], np.logspace(-3, -1, 5))
     assert spec.axes["replay_ratio"] == [0.0, 0.1, 0.5]
@@ -36,8 +40,12 @@ def test_grid_values_keep_their_types():
 
 
 def test_yaml_file_equals_dict(tmp_path):
-    cfg = {"objective": "rkl", "estimator": "score", "seeds": 3,
-           "grid": {"separation": {"linspace": [1, 4, 4]}, "replay_ratio": [0.0, 0.2]}}
+    cfg = {
+        "objective": "rkl",
+        "estimator": "score",
+        "seeds": 3,
+        "grid": {"separation": {"linspace": [1, 4, 4]}, "replay_ratio": [0.0, 0.2]},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     a, b = load_config(path), load_config(cfg)
@@ -46,8 +54,16 @@ def test_yaml_file_equals_dict(tmp_path):
 
 
 def test_to_yaml_round_trips():
-    spec = load_config({"objective": "fkl", "estimator": "score", "batch_size": 16, "seeds": 2, "seed_offset": 5,
-                        "grid": {"separation": {"linspace": [1, 3, 3]}, "learning_rate": [0.01, 0.1]}})
+    spec = load_config(
+        {
+            "objective": "fkl",
+            "estimator": "score",
+            "batch_size": 16,
+            "seeds": 2,
+            "seed_offset": 5,
+            "grid": {"separation": {"linspace": [1, 3, 3]}, "learning_rate": [0.01, 0.1]},
+        }
+    )
     again = load_config(yaml.safe_load(spec.to_yaml()))
     assert again.to_yaml() == spec.to_yaml()
     assert again.axes == spec.axes and again.dims == spec.dims
@@ -79,13 +95,19 @@ def test_empty_yaml_file_is_all_defaults(tmp_path):
 
 
 def test_dims_order_static_first_then_traced_then_seed():
-    spec = load_config({"estimator": "score", "seeds": 2, "grid": {
-        "separation": [1.0, 2.0],
-        "objective": ["fkl", "rkl"],
-        "replay_ratio": [0.0, 0.1, 0.2],
-        "batch_size": [8, 16],
-        "learning_rate": [0.1],
-    }})
+    spec = load_config(
+        {
+            "estimator": "score",
+            "seeds": 2,
+            "grid": {
+                "separation": [1.0, 2.0],
+                "objective": ["fkl", "rkl"],
+                "replay_ratio": [0.0, 0.1, 0.2],
+                "batch_size": [8, 16],
+                "learning_rate": [0.1],
+            },
+        }
+    )
     assert spec.dims == ("objective", "batch_size", "separation", "replay_ratio", "learning_rate", "seed")
     assert spec.shape == (2, 2, 2, 3, 1, 2)
     point = spec.point((1, 0, 1, 2, 0, 1))
@@ -171,43 +193,84 @@ BAD = [
     ("batch_size_fraction", {"batch_size": 3.5}, ["batch_size", "3.5", "integer"]),
     ("separation_negative", {"separation": -1}, ["separation", "-1", "greater than or equal to 0"]),
     ("unknown_objective", {"objective": "sdft2"}, ["objective", "'sdft2'", "'fkl'", "'rkl'", "'chen2025_fkl'"]),
-    ("sdft_unknown_conditioning", {"objective": "sdft", "sdft_conditioning": "tilt"}, ["sdft_conditioning", "'tilt'", "anchor_component"]),
+    (
+        "sdft_unknown_conditioning",
+        {"objective": "sdft", "sdft_conditioning": "tilt"},
+        ["sdft_conditioning", "'tilt'", "anchor_component"],
+    ),
     ("oapl_fractional_lag", {"objective": "oapl", "oapl_lag": 2.5}, ["oapl_lag=2.5"]),
     ("typo_key", {"seperation": 3.0}, ["seperation", "did you mean 'separation'"]),
     ("steps_not_divisible", {"steps": 100, "log_every": 30}, ["log_every=30", "steps=100", "divide"]),
-    ("linspace_two_args", {"grid": {"separation": {"linspace": [0, 1]}}}, ["grid.separation", "linspace", "[0, 1]", "[start, stop, count]"]),
-    ("range_kind_typo", {"grid": {"separation": {"linspce": [0, 1, 3]}}}, ["grid.separation", "linspce", "linspace", "logspace"]),
-    ("logspace_fractional_count", {"grid": {"learning_rate": {"logspace": [-3, -1, 2.5]}}}, ["grid.learning_rate", "2.5", "integer count"]),
+    (
+        "linspace_two_args",
+        {"grid": {"separation": {"linspace": [0, 1]}}},
+        ["grid.separation", "linspace", "[0, 1]", "[start, stop, count]"],
+    ),
+    (
+        "range_kind_typo",
+        {"grid": {"separation": {"linspce": [0, 1, 3]}}},
+        ["grid.separation", "linspce", "linspace", "logspace"],
+    ),
+    (
+        "logspace_fractional_count",
+        {"grid": {"learning_rate": {"logspace": [-3, -1, 2.5]}}},
+        ["grid.learning_rate", "2.5", "integer count"],
+    ),
     ("empty_grid_list", {"grid": {"separation": []}}, ["grid.separation", "empty", "at least one value"]),
-    ("grid_unknown_field", {"grid": {"temperature": [1, 2]}}, ["temperature", "not a griddable field", "reward_temperature"]),
+    (
+        "grid_unknown_field",
+        {"grid": {"temperature": [1, 2]}},
+        ["temperature", "not a griddable field", "reward_temperature"],
+    ),
     ("grid_seeds", {"grid": {"seeds": [1, 2]}}, ["'seeds'", "not a griddable field"]),
     ("grid_not_mapping", {"grid": [1, 2]}, ["grid", "[1, 2]", "mapping"]),
     ("learning_rate_string", {"learning_rate": "abc"}, ["learning_rate", "'abc'", "valid number"]),
     ("learning_rate_zero", {"learning_rate": 0}, ["learning_rate", "0", "greater than 0"]),
     ("steps_string", {"steps": "many"}, ["steps", "'many'", "integer"]),
-    ("rkl_pathwise_replay", {"objective": "rkl", "estimator": "pathwise", "replay_ratio": 0.2},
-     ["replay_ratio=0.2", "objective=rkl", "pathwise", "estimator=score or population"]),
-    ("rkl_pathwise_replay_grid", {"objective": "rkl", "estimator": "pathwise", "grid": {"replay_ratio": [0.0, 0.2]}},
-     ["replay_ratio=0.2", "pathwise", "estimator=score or population"]),
+    (
+        "rkl_pathwise_replay",
+        {"objective": "rkl", "estimator": "pathwise", "replay_ratio": 0.2},
+        ["replay_ratio=0.2", "objective=rkl", "pathwise", "estimator=score or population"],
+    ),
+    (
+        "rkl_pathwise_replay_grid",
+        {"objective": "rkl", "estimator": "pathwise", "grid": {"replay_ratio": [0.0, 0.2]}},
+        ["replay_ratio=0.2", "pathwise", "estimator=score or population"],
+    ),
     ("dim_unequal_scales", {"dim": 2, "target_new_scale": 0.5}, ["dim=2", "equal", "target_new_scale=0.5"]),
     ("dim_zero", {"dim": 0}, ["dim", "0", "greater than or equal to 1"]),
     ("init_old_weight_zero", {"init_old_weight": 0}, ["init_old_weight", "0", "greater than 0"]),
     ("target_old_weight_one", {"target_old_weight": 1}, ["target_old_weight", "1", "less than 1"]),
     ("seeds_zero", {"seeds": 0}, ["seeds", "0", "greater than or equal to 1"]),
     ("seeds_list", {"seeds": [0, 1, 2]}, ["seeds", "[0, 1, 2]", "integer"]),
-    ("weight_param_softmax", {"weight_param": "softmax"}, ["weight_param", "'softmax'", "'logit'", "'direct'", "'replicator'"]),
+    (
+        "weight_param_softmax",
+        {"weight_param": "softmax"},
+        ["weight_param", "'softmax'", "'logit'", "'direct'", "'replicator'"],
+    ),
     ("optimizer_rmsprop", {"optimizer": "rmsprop"}, ["optimizer", "'rmsprop'", "'sgd'", "'adam'"]),
     ("estimator_unknown", {"estimator": "reinforce"}, ["estimator", "'reinforce'", "'population'", "'score'"]),
     ("sampling_unknown", {"sampling": "random"}, ["sampling", "'random'", "'ancestral'", "'stratified'"]),
     ("log_every_zero", {"log_every": 0}, ["log_every", "0", "greater than or equal to 1"]),
     ("grid_value_out_of_range", {"grid": {"replay_ratio": [0.5, 1.2]}}, ["grid.replay_ratio", "1.2", "less than 1"]),
-    ("grid_value_wrong_type", {"grid": {"learning_rate": [0.1, "fast"]}}, ["grid.learning_rate", "'fast'", "valid number"]),
+    (
+        "grid_value_wrong_type",
+        {"grid": {"learning_rate": [0.1, "fast"]}},
+        ["grid.learning_rate", "'fast'", "valid number"],
+    ),
     ("grid_static_value_bad", {"grid": {"batch_size": [8, 0]}}, ["grid.batch_size", "0", "greater than or equal to 1"]),
     ("grid_log_every_not_dividing", {"steps": 100, "grid": {"log_every": [10, 30]}}, ["log_every=30", "steps=100"]),
     ("grid_objective_unknown", {"grid": {"objective": ["fkl", "sft"]}}, ["objective", "'sft'", "'fkl'"]),
-    ("chen2025_population", {"objective": "chen2025_fkl", "estimator": "population"}, ["objective=chen2025_fkl", "estimator=score"]),
-    ("chen2025_objective_grid", {"objective": "chen2025_fkl", "grid": {"objective": ["chen2025_fkl", "chen2025_rkl"]}},
-     ["grid.objective", "chen2025_rkl", "0.15", "0.01"]),
+    (
+        "chen2025_population",
+        {"objective": "chen2025_fkl", "estimator": "population"},
+        ["objective=chen2025_fkl", "estimator=score"],
+    ),
+    (
+        "chen2025_objective_grid",
+        {"objective": "chen2025_fkl", "grid": {"objective": ["chen2025_fkl", "chen2025_rkl"]}},
+        ["grid.objective", "chen2025_rkl", "0.15", "0.01"],
+    ),
 ]
 
 
@@ -225,13 +288,17 @@ def test_bad_table_is_large_enough():
     assert len(BAD) >= 20
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("- a\n- b\n", ["mapping", "list"]),
-    ("just a string\n", ["mapping", "str"]),
-    ("42\n", ["mapping", "int"]),
-    ("a: [1, 2\n", ["not valid YAML"]),
-    ("seperation: 3\n", ["seperation", "did you mean 'separation'"]),
-], ids=["yaml_list", "yaml_string", "yaml_int", "yaml_syntax", "yaml_typo"])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("- a\n- b\n", ["mapping", "list"]),
+        ("just a string\n", ["mapping", "str"]),
+        ("42\n", ["mapping", "int"]),
+        ("a: [1, 2\n", ["not valid YAML"]),
+        ("seperation: 3\n", ["seperation", "did you mean 'separation'"]),
+    ],
+    ids=["yaml_list", "yaml_string", "yaml_int", "yaml_syntax", "yaml_typo"],
+)
 def test_bad_yaml_file_rejected_with_one_line(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -257,6 +324,7 @@ def test_valid_corner_cases_accepted():
     # dim > 1 with equal fixed scales
     load_config({"dim": 8, "estimator": "score"})
     # chen2025 grid over objectives is fine when the learning rate is set explicitly
-    spec = load_config({"objective": "chen2025_fkl", "learning_rate": 0.01,
-                        "grid": {"objective": ["chen2025_fkl", "chen2025_rkl"]}})
+    spec = load_config(
+        {"objective": "chen2025_fkl", "learning_rate": 0.01, "grid": {"objective": ["chen2025_fkl", "chen2025_rkl"]}}
+    )
     assert spec.axes["objective"] == ["chen2025_fkl", "chen2025_rkl"] and spec.base.learning_rate == 0.01

@@ -29,8 +29,13 @@ def test_vmapped_batch_equals_single_runs():
     its own key from its own seed, so its sample path does not depend on the batch). Reverse-KL
     replay and starvation (facts 9-10) and every Monte Carlo check rely on this."""
     setup = Setup(objective="rkl", estimator="score", sampling="ancestral", batch_size=16, steps=120, log_every=20)
-    hyper = make_hyper(separation=[2.0, 4.0, 6.0, 3.0], learning_rate=[0.05, 0.1, 0.02, 0.05],
-                       seed=[0, 1, 2, 3], replay_ratio=[0.0, 0.3, 0.0, 0.6], init_old_weight=[0.5, 0.3, 0.7, 0.5])
+    hyper = make_hyper(
+        separation=[2.0, 4.0, 6.0, 3.0],
+        learning_rate=[0.05, 0.1, 0.02, 0.05],
+        seed=[0, 1, 2, 3],
+        replay_ratio=[0.0, 0.3, 0.0, 0.6],
+        init_old_weight=[0.5, 0.3, 0.7, 0.5],
+    )
     batch = simulate(setup, hyper)
     for i in range(4):
         single = simulate_one(setup, _row(hyper, i))
@@ -45,20 +50,35 @@ def test_one_trace_serves_every_batch_of_the_same_shape():
     """Separation, learning rate, replay ratio and seed are traced: two batches of the same shape
     with different values reuse one compiled program: forget_jax.TRACE_COUNTS counts the first trace
     and does not grow on the second batch."""
-    setup = Setup(objective="fkl", estimator="pathwise", sampling="stratified", batch_size=8, steps=30,
-                  log_every=10, weight_param="replicator")
+    setup = Setup(
+        objective="fkl",
+        estimator="pathwise",
+        sampling="stratified",
+        batch_size=8,
+        steps=30,
+        log_every=10,
+        weight_param="replicator",
+    )
     before = TRACE_COUNTS[setup]
     first = simulate(setup, make_hyper(separation=[2.0, 4.0, 6.0], learning_rate=[0.01, 0.02, 0.03], seed=[0, 1, 2]))
     assert TRACE_COUNTS[setup] == before + 1
-    second = simulate(setup, make_hyper(separation=[3.0, 5.0, 7.5], learning_rate=[0.2, 0.1, 0.05],
-                                        replay_ratio=[0.1, 0.2, 0.3], seed=[5, 6, 7]))
+    second = simulate(
+        setup,
+        make_hyper(
+            separation=[3.0, 5.0, 7.5], learning_rate=[0.2, 0.1, 0.05], replay_ratio=[0.1, 0.2, 0.3], seed=[5, 6, 7]
+        ),
+    )
     assert TRACE_COUNTS[setup] == before + 1
     assert not np.allclose(first["old_weight"], second["old_weight"])
 
 
-POP_HYPER = dict(separation=[2.0, 4.0, 6.0, 4.0], init_new_offset=[-1.0, 1.0, -1.0, -0.5],
-                 init_old_weight=[0.5, 0.3, 0.5, 0.7], replay_ratio=[0.0, 0.3, 0.1, 0.5],
-                 learning_rate=[0.05, 0.05, 0.1, 0.02])
+POP_HYPER = dict(
+    separation=[2.0, 4.0, 6.0, 4.0],
+    init_new_offset=[-1.0, 1.0, -1.0, -0.5],
+    init_old_weight=[0.5, 0.3, 0.5, 0.7],
+    replay_ratio=[0.0, 0.3, 0.1, 0.5],
+    learning_rate=[0.05, 0.05, 0.1, 0.02],
+)
 
 
 def test_float32_agrees_with_float64():
@@ -98,4 +118,6 @@ def test_divergent_configuration_is_isolated():
     assert not np.isfinite(bad["old_weight"][2, -1])
     keep = [0, 1, 3]
     for name in METRIC_NAMES:
-        np.testing.assert_allclose(bad[name][keep], sane[name][keep], rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            bad[name][keep], sane[name][keep], rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=name
+        )

@@ -30,8 +30,19 @@ def log_normal(x, mean):
     return -0.5 * (x - mean) ** 2 - LOG_SQRT_2PI
 
 
-def fkl_reference(separation, init_weight, init_old, init_new, replay, learning_rate, steps, weight_param,
-                  train_means=True, weight_clip=1e-3, h=0.01):
+def fkl_reference(
+    separation,
+    init_weight,
+    init_old,
+    init_new,
+    replay,
+    learning_rate,
+    steps,
+    weight_param,
+    train_means=True,
+    weight_clip=1e-3,
+    h=0.01,
+):
     """NumPy GD on L_F = KL(p_lambda || q_theta) (docs/science/model.md section 1, 1-D, sigma = 1), vectorised
     over configurations. p_lambda = lambda N(0,1) + (1-lambda) N(Delta,1). Gradients
     (section 1): dL/dbeta = -E_p[(N_o - N_n)/q], dL/dm_o = -E_p[w_o (x - m_o)],
@@ -41,7 +52,7 @@ def fkl_reference(separation, init_weight, init_old, init_new, replay, learning_
     """
     sep = np.atleast_1d(np.asarray(separation, float))[:, None]
     n = sep.shape[0]
-    full = lambda v: np.broadcast_to(np.asarray(v, float), (n,)).copy()[:, None]  # noqa: E731
+    full = lambda v: np.broadcast_to(np.asarray(v, float), (n,)).copy()[:, None]
     beta, m_o, m_n, lam, eta = map(full, (init_weight, init_old, init_new, replay, learning_rate))
     x = np.arange(-14.0, sep.max() + 14.0 + h / 2, h)[None, :]
     trap = np.full(x.shape, h)
@@ -104,14 +115,20 @@ def logit_run():
 def replicator_run():
     """(c) replicator steps, means frozen: eta = .01 at Delta = 4 and 8, and eta = 1 (the EM step)."""
     setup = Setup(weight_param="replicator", steps=500, log_every=1, **FROZEN)
-    hyper = make_hyper(separation=[4.0, 8.0, 4.0], init_old_weight=0.5, init_new_offset=0.0,
-                       learning_rate=[0.01, 0.01, 1.0])
+    hyper = make_hyper(
+        separation=[4.0, 8.0, 4.0], init_old_weight=0.5, init_new_offset=0.0, learning_rate=[0.01, 0.01, 1.0]
+    )
     return setup, simulate(setup, hyper)
 
 
 TRAINABLE_CONFIGS = [  # (replay lambda, beta0, m_n(0) offset): facts 5, 4, 4, 4, 4, 12, 12-control
-    (0.0, 0.5, 0.0), (0.1, 0.5, -1.0), (0.3, 0.5, -1.0), (0.5, 0.5, -1.0), (0.7, 0.5, -1.0),
-    (0.3, 0.3, 0.0), (0.3, 0.5, 0.0),
+    (0.0, 0.5, 0.0),
+    (0.1, 0.5, -1.0),
+    (0.3, 0.5, -1.0),
+    (0.5, 0.5, -1.0),
+    (0.7, 0.5, -1.0),
+    (0.3, 0.3, 0.0),
+    (0.3, 0.5, 0.0),
 ]
 
 
@@ -120,8 +137,9 @@ def trainable_run():
     """Logit GD, eta = .1, 2e4 steps, Delta = 4, every parameter trained (facts 4, 5, 12)."""
     setup = Setup(objective="fkl", estimator="population", weight_param="logit", steps=20_000, log_every=500)
     lam, beta0, offset = map(np.array, zip(*TRAINABLE_CONFIGS))
-    hyper = make_hyper(separation=4.0, replay_ratio=lam, init_old_weight=beta0, init_new_offset=offset,
-                       learning_rate=0.1)
+    hyper = make_hyper(
+        separation=4.0, replay_ratio=lam, init_old_weight=beta0, init_new_offset=offset, learning_rate=0.1
+    )
     return setup, simulate(setup, hyper)
 
 
@@ -141,8 +159,9 @@ def test_fkl_weight_gradient_vanishes_at_zero_and_is_positive():
     with jax.enable_x64(True):
         key = jax.random.key(0)
         for delta, order in ((1.0, 64), (2.0, 64), (4.0, 64), (4.0, 256)):
-            setup = Setup(objective="fkl", estimator="population", weight_param="direct", x64=True,
-                          quadrature_order=order)
+            setup = Setup(
+                objective="fkl", estimator="population", weight_param="direct", x64=True, quadrature_order=order
+            )
             hyper = make_hyper(jnp.float64, separation=delta)
 
             def loss(beta, hyper=hyper, setup=setup, delta=delta):
@@ -152,6 +171,7 @@ def test_fkl_weight_gradient_vanishes_at_zero_and_is_positive():
             grad = jax.jit(jax.grad(loss))
             tol = 5e-5 if order == 64 else 1e-8
             for beta in betas:
+
                 def integrand(x, beta=beta, delta=delta):
                     # -p_new(x) (N_o(x) - N_n(x)) / q(x)
                     l_o, l_n = -0.5 * x * x - LOG_SQRT_2PI, -0.5 * (x - delta) ** 2 - LOG_SQRT_2PI
@@ -159,6 +179,7 @@ def test_fkl_weight_gradient_vanishes_at_zero_and_is_positive():
                     b = math.log1p(-beta) + l_n
                     log_q = max(a, b) + math.log1p(math.exp(min(a, b) - max(a, b)))
                     return -math.exp(l_n) * (math.exp(l_o - log_q) - math.exp(l_n - log_q))
+
                 reference = quad(integrand, -30, delta + 30, points=[0.0, delta / 2, delta])
                 engine = float(grad(jnp.float64(beta)))
                 assert abs(engine - reference) < tol * max(1.0, abs(reference)), (delta, beta)
@@ -184,8 +205,9 @@ def test_fkl_direct_weight_hits_zero(direct_run):
     steps = setup.logged_steps()
     beta = out["old_weight"].astype(float)
     assert not out["diverged"].any()
-    reference = fkl_reference([4.0, 8.0], 0.5, 0.0, [4.0, 8.0], 0.0, 1e-3, setup.steps, "direct",
-                              train_means=False, weight_clip=0.0)[0][:, steps]
+    reference = fkl_reference(
+        [4.0, 8.0], 0.5, 0.0, [4.0, 8.0], 0.0, 1e-3, setup.steps, "direct", train_means=False, weight_clip=0.0
+    )[0][:, steps]
     np.testing.assert_allclose(beta, reference, atol=1e-4)
     assert abs(beta[0, steps == 370][0] - 0.037) < 1e-3
     # beta = 0 up to float32 rounding of the vanishing gradient (|dL/dbeta(0)| ~ 6e-8 at Delta = 8)
@@ -195,8 +217,8 @@ def test_fkl_direct_weight_hits_zero(direct_run):
     assert [abs(a - b) <= setup.log_every for a, b in zip(first_zero, ref_zero)] == [True, True]
     t_star = 0.5 * (2 - 0.5) / (2 * 1e-3)
     assert float(theory.fkl_weight_zero_time(0.5, 1e-3)) == pytest.approx(t_star)
-    assert t_star <= first_zero[1] <= t_star + 2 * setup.log_every    # Delta = 8: 375 (+ Euler)
-    assert t_star <= first_zero[0] <= 1.15 * t_star                    # Delta = 4: ~413
+    assert t_star <= first_zero[1] <= t_star + 2 * setup.log_every  # Delta = 8: 375 (+ Euler)
+    assert t_star <= first_zero[0] <= 1.15 * t_star  # Delta = 4: ~413
     closed = np.maximum(1 - np.sqrt((1 - 0.5) ** 2 + 2 * 1e-3 * steps), 0.0)
     np.testing.assert_allclose(beta[1], closed, atol=3e-3)
     np.testing.assert_allclose(np.asarray(theory.fkl_weight_euclidean(steps, 0.5, 1e-3)), closed, atol=1e-6)
@@ -211,8 +233,9 @@ def test_fkl_logit_weight_decays_like_one_over_t(logit_run):
     setup, out = logit_run
     steps = setup.logged_steps()
     beta = out["old_weight"].astype(float)
-    reference = fkl_reference([4.0, 8.0], 0.5, 0.0, [4.0, 8.0], 0.0, 0.1, setup.steps, "logit",
-                              train_means=False)[0][:, steps]
+    reference = fkl_reference([4.0, 8.0], 0.5, 0.0, [4.0, 8.0], 0.0, 0.1, setup.steps, "logit", train_means=False)[0][
+        :, steps
+    ]
     np.testing.assert_allclose(beta, reference, rtol=1e-3)
     law = 1 / (1 / 0.5 + 0.1 * steps)
     np.testing.assert_allclose(np.asarray(theory.fkl_weight_logit(steps, 0.5, 0.1)), law, rtol=1e-6)
@@ -240,14 +263,22 @@ def test_fkl_replicator_weight_decays_exponentially(replicator_run):
     setup, out = replicator_run
     beta = out["old_weight"].astype(float)
     t = setup.logged_steps()
-    reference = fkl_reference([4.0, 8.0, 4.0], 0.5, 0.0, [4.0, 8.0, 4.0], 0.0, [0.01, 0.01, 1.0], setup.steps,
-                              "replicator", train_means=False)[0]
+    reference = fkl_reference(
+        [4.0, 8.0, 4.0], 0.5, 0.0, [4.0, 8.0, 4.0], 0.0, [0.01, 0.01, 1.0], setup.steps, "replicator", train_means=False
+    )[0]
     np.testing.assert_allclose(beta, reference, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(beta[1], 0.5 * (1 - 0.01) ** t, rtol=0.02)
     np.testing.assert_allclose(beta[1], np.asarray(theory.fkl_weight_replicator(t, 0.5, 0.01)), rtol=0.05)
     assert np.all(np.diff(beta[0]) < 0) and beta[0, -1] < 0.01
-    em = quad(lambda x: stats.norm.pdf(x, 4.0) * special.expit(
-        math.log(0.5 / 0.5) + stats.norm.logpdf(x) - stats.norm.logpdf(x, 4.0)), -30, 34, points=[0.0, 2.0, 4.0])
+    em = quad(
+        lambda x: (
+            stats.norm.pdf(x, 4.0)
+            * special.expit(math.log(0.5 / 0.5) + stats.norm.logpdf(x) - stats.norm.logpdf(x, 4.0))
+        ),
+        -30,
+        34,
+        points=[0.0, 2.0, 4.0],
+    )
     assert abs(beta[2, 1] - em) < 5e-5 * em
     assert round(em, 4) == 0.0343
 
@@ -260,7 +291,7 @@ def test_fkl_replay_optimum_is_lambda(trainable_run):
     """docs/science/claims.md fact 4 / T2: with p_train = (1-lambda) p_new + lambda p_old the population
     minimiser is q = p_lambda, so beta -> lambda and both means -> truth (tolerance 1e-3 at Delta = 4,
     logit GD, beta0 = .5, m_n(0) = mu_n* - 1); KL(p_train || q) -> 0."""
-    setup, out = trainable_run
+    _setup, out = trainable_run
     for i, (lam, _, _) in enumerate(TRAINABLE_CONFIGS[1:5], start=1):
         assert abs(out["old_weight"][i, -1] - lam) < 1e-3
         assert abs(float(theory.fkl_replay_optimum(lam)) - lam) < 1e-7
@@ -275,14 +306,15 @@ def test_fkl_recruits_learnable_old_mean(trainable_run):
     trajectory equals the NumPy GD reference (1e-3), ending near the quoted m_o = 2.76, beta = .0062."""
     setup, out = trainable_run
     steps = setup.logged_steps()
-    ref_beta, ref_old, ref_new = (r[0, steps] for r in
-                                  fkl_reference(4.0, 0.5, 0.0, 4.0, 0.0, 0.1, setup.steps, "logit", h=0.02))
+    ref_beta, ref_old, ref_new = (
+        r[0, steps] for r in fkl_reference(4.0, 0.5, 0.0, 4.0, 0.0, 0.1, setup.steps, "logit", h=0.02)
+    )
     np.testing.assert_allclose(out["old_weight"][0], ref_beta, rtol=2e-3)
     np.testing.assert_allclose(out["old_mean_position"][0], ref_old, atol=2e-3)
     np.testing.assert_allclose(out["new_mean_position"][0], ref_new, atol=1e-3)
     assert abs(out["old_mean_position"][0, -1] - 2.76) < 0.01
     assert abs(out["old_weight"][0, -1] - 0.0062) < 2e-4
-    assert np.all(np.diff(out["old_mean_position"][0]) > 0)     # moves monotonically toward mu_n*
+    assert np.all(np.diff(out["old_mean_position"][0]) > 0)  # moves monotonically toward mu_n*
 
 
 def test_fkl_with_p_train_equal_to_q_has_zero_gradient(trainable_run):
@@ -290,7 +322,7 @@ def test_fkl_with_p_train_equal_to_q_has_zero_gradient(trainable_run):
     means at truth) the expected forward-KL gradient is 0: the population run does not move
     (to the 64-node quadrature accuracy, ~1e-6 per unit time: see the report) while the control
     with beta0 = .5 != lambda moves to beta = .3. jax.grad at that point is ~0 in float64."""
-    setup, out = trainable_run
+    _setup, out = trainable_run
     still, control = 5, 6
     np.testing.assert_allclose(out["old_weight"][still], 0.3, atol=1e-6)
     np.testing.assert_allclose(out["old_mean_position"][still], 0.0, atol=1e-5)
@@ -313,7 +345,7 @@ def test_engine_misassignment_metrics_match_scipy(trainable_run):
     `hard_misassignment` = P_{x ~ p_old}[w_n^q(x) > 1/2], with q the current learner
     (beta, m_o, m_n read from the same log), equal scipy quad / root-finding references.
     At step 0 (beta = .5, Delta = 4) they are D4's .0343 and .02275."""
-    setup, out = trainable_run
+    _setup, out = trainable_run
     for k in (0, 1, 4, 10, 40):
         beta = float(out["old_weight"][0, k])
         m_o, m_n = float(out["old_mean_position"][0, k]), float(out["new_mean_position"][0, k])
@@ -323,8 +355,9 @@ def test_engine_misassignment_metrics_match_scipy(trainable_run):
 
         boundary = optimize.brentq(log_odds_new, -60, 60, xtol=1e-13)
         hard = stats.norm.sf(boundary) if m_n > m_o else stats.norm.cdf(boundary)
-        soft = quad(lambda x: stats.norm.pdf(x) * special.expit(log_odds_new(x)), -40, 44,
-                    points=[0.0, boundary, m_o, m_n])
+        soft = quad(
+            lambda x: stats.norm.pdf(x) * special.expit(log_odds_new(x)), -40, 44, points=[0.0, boundary, m_o, m_n]
+        )
         np.testing.assert_allclose(out["hard_misassignment"][0, k], hard, rtol=2e-4, atol=1e-7)
         np.testing.assert_allclose(out["soft_misassignment"][0, k], soft, rtol=2e-4, atol=1e-7)
     assert abs(out["hard_misassignment"][0, 0] - 0.02275) < 1e-5

@@ -91,13 +91,22 @@ def test_importance_weighting_is_unbiased(lam):
     assert omega.max() <= 1 / (1 - lam) + 1e-12
 
     def f_values(y):
-        return {"one": np.ones_like(y), "x": y, "x2": y**2,
-                "log_ratio": log_mixture(y, beta, m_o, m_n) - log_mixture(y, 0.5, 0.0, delta)}
+        return {
+            "one": np.ones_like(y),
+            "x": y,
+            "x2": y**2,
+            "log_ratio": log_mixture(y, beta, m_o, m_n) - log_mixture(y, 0.5, 0.0, delta),
+        }
 
     mc = {k: (np.mean(omega * v), np.std(omega * v) / math.sqrt(n)) for k, v in f_values(x).items()}
     for k, (mean, se) in mc.items():
-        exact = integrate.quad(lambda y: math.exp(log_mixture(np.array(y), beta, m_o, m_n)) * f_values(np.array(y))[k],
-                               -30, 35, points=[0.0, m_o, m_n, delta], limit=500)[0]
+        exact = integrate.quad(
+            lambda y: math.exp(log_mixture(np.array(y), beta, m_o, m_n)) * f_values(np.array(y))[k],
+            -30,
+            35,
+            points=[0.0, m_o, m_n, delta],
+            limit=500,
+        )[0]
         assert abs(mean - exact) < max(0.01 * abs(exact), 5 * se), (k, mean, exact, se)
 
 
@@ -138,12 +147,22 @@ STARVE_STEPS = 4000
 
 
 def _starvation_run(estimator, cases):
-    setup = Setup(objective="rkl", estimator=estimator, sampling="ancestral", batch_size=8, steps=STARVE_STEPS,
-                  log_every=1000, train_weight=False, train_old_mean=False, train_new_mean=False)
+    setup = Setup(
+        objective="rkl",
+        estimator=estimator,
+        sampling="ancestral",
+        batch_size=8,
+        steps=STARVE_STEPS,
+        log_every=1000,
+        train_weight=False,
+        train_old_mean=False,
+        train_new_mean=False,
+    )
     beta = np.repeat([c[0] for c in cases], STARVE_SEEDS)
     lam = np.repeat([c[1] for c in cases], STARVE_SEEDS)
-    hyper = make_hyper(separation=4.0, init_old_weight=beta, target_old_weight=beta, replay_ratio=lam,
-                       seed=np.arange(len(beta)))
+    hyper = make_hyper(
+        separation=4.0, init_old_weight=beta, target_old_weight=beta, replay_ratio=lam, seed=np.arange(len(beta))
+    )
     return setup, simulate(setup, hyper)
 
 
@@ -157,7 +176,7 @@ def test_starved_fraction_matches_formula(estimator):
     it is checked at lambda = 0."""
     cases = STARVE_CASES if estimator == "score" else [(b, 0.0) for b in (0.05, 0.2, 0.5)]
     setup, out = _starvation_run(estimator, cases)
-    fractions = out["starved_fraction"][:, 1:].astype(float)     # each log: fraction over 1000 steps
+    fractions = out["starved_fraction"][:, 1:].astype(float)  # each log: fraction over 1000 steps
     n = STARVE_SEEDS * STARVE_STEPS
     for k, (beta, lam) in enumerate(cases):
         rows = slice(k * STARVE_SEEDS, (k + 1) * STARVE_SEEDS)

@@ -37,7 +37,7 @@ def rkl_reference(separation, init_weight, init_old, init_new, target_weight, le
     d/da = beta(1-beta) d/dbeta. Returns (beta, m_o, m_n, sup_t |m_o(t) - 0|) at the end."""
     sep = np.atleast_1d(np.asarray(separation, float))[:, None]
     n = sep.shape[0]
-    full = lambda v: np.broadcast_to(np.asarray(v, float), (n,)).copy()[:, None]  # noqa: E731
+    full = lambda v: np.broadcast_to(np.asarray(v, float), (n,)).copy()[:, None]
     beta, m_o, m_n, b_star = map(full, (init_weight, init_old, init_new, target_weight))
     x = np.arange(-12.0, sep.max() + 14.0, h)[None, :]
     log_p = np.logaddexp(np.log(b_star) + log_normal(x, 0.0), np.log1p(-b_star) + log_normal(x, sep))
@@ -57,6 +57,7 @@ def rkl_reference(separation, init_weight, init_old, init_new, target_weight, le
 
 def reference_fisher(delta, beta):
     """I(theta*) for theta = (logit beta, m_o, m_n) by scipy quad (docs/science/claims.md T5)."""
+
     def integrand(x, i, j):
         n_o, n_n = math.exp(log_normal(x, 0.0)), math.exp(log_normal(x, delta))
         q = beta * n_o + (1 - beta) * n_n
@@ -67,9 +68,15 @@ def reference_fisher(delta, beta):
     out = np.empty((3, 3))
     for i in range(3):
         for j in range(i, 3):
-            out[i, j] = out[j, i] = integrate.quad(lambda x: integrand(x, i, j), -30, delta + 30,
-                                                   points=[0.0, delta / 2, delta], limit=500,
-                                                   epsabs=1e-14, epsrel=1e-12)[0]
+            out[i, j] = out[j, i] = integrate.quad(
+                lambda x: integrand(x, i, j),
+                -30,
+                delta + 30,
+                points=[0.0, delta / 2, delta],
+                limit=500,
+                epsabs=1e-14,
+                epsrel=1e-12,
+            )[0]
     return out
 
 
@@ -96,8 +103,14 @@ def rkl_run():
     setup = Setup(objective="rkl", estimator="population", weight_param="logit", steps=6000, log_every=50)
     _, sep, b_star, b0, old_off, logit_off, new_off = map(np.array, zip(*CONFIGS))
     init_weight = special.expit(special.logit(b0) + logit_off)
-    hyper = make_hyper(separation=sep, target_old_weight=b_star, init_old_weight=init_weight,
-                       init_old_offset=old_off, init_new_offset=new_off, learning_rate=ETA)
+    hyper = make_hyper(
+        separation=sep,
+        target_old_weight=b_star,
+        init_old_weight=init_weight,
+        init_old_offset=old_off,
+        init_new_offset=new_off,
+        learning_rate=ETA,
+    )
     return setup, simulate(setup, hyper)
 
 
@@ -124,7 +137,7 @@ def test_rkl_converges_to_true_target(rkl_run):
         assert abs(out["old_mean_position"][i, -1]) < 1e-4, label
         assert abs(out["new_mean_position"][i, -1] - sep) < 1e-4, label
         assert out["kl_to_target"][i, -1] < 1e-6, label
-        assert np.min(out["old_weight"][i]) > 0.1, label      # the old mass never collapses
+        assert np.min(out["old_weight"][i]) > 0.1, label  # the old mass never collapses
         assert not out["diverged"][i]
 
 
@@ -135,8 +148,10 @@ def test_rkl_drift_table(rkl_run, drift_reference):
     Delta_min = D - 1 (m_n(0) = D - 1) or D (m_n(0) = D + 1). The quoted table values are
     reproduced within 3%. The running sup dominates every logged drift and never decreases."""
     _, out = rkl_run
-    quoted = {-1: (1.10e-1, 7.17e-2, 3.20e-2, 1.08e-2, 2.82e-3, 5.67e-4),
-              +1: (9.97e-2, 4.88e-2, 1.78e-2, 5.02e-3, 1.09e-3, 1.83e-4)}
+    quoted = {
+        -1: (1.10e-1, 7.17e-2, 3.20e-2, 1.08e-2, 2.82e-3, 5.67e-4),
+        +1: (9.97e-2, 4.88e-2, 1.78e-2, 5.02e-3, 1.09e-3, 1.83e-4),
+    }
     ref_drift = drift_reference[3]
     for k, (sign, d) in enumerate([(s, d) for s in (-1, 1) for d in DRIFT_D]):
         i = INDEX[f"drift{'-' if sign < 0 else '+'}{d}"]
@@ -146,9 +161,11 @@ def test_rkl_drift_table(rkl_run, drift_reference):
         assert abs(delta_max / ref_drift[k] - 1) < 0.03, (sign, d, delta_max, ref_drift[k])
         assert abs(delta_max / quoted[sign][DRIFT_D.index(d)] - 1) < 0.03, (sign, d)
         delta_min = d - 1 if sign < 0 else d
-        ratio = delta_max / math.exp(-delta_min**2 / 8)
+        ratio = delta_max / math.exp(-(delta_min**2) / 8)
         assert 0.15 <= ratio <= 0.6, (sign, d, ratio)
-        assert float(theory.rkl_drift_envelope(float(delta_min))) == pytest.approx(math.exp(-delta_min**2 / 8), rel=1e-6)
+        assert float(theory.rkl_drift_envelope(float(delta_min))) == pytest.approx(
+            math.exp(-(delta_min**2) / 8), rel=1e-6
+        )
 
 
 def test_rkl_drift_decays_exponentially_with_separation(rkl_run, drift_reference):
@@ -223,8 +240,9 @@ def test_rkl_target_equal_to_initial_q_gives_zero_update(rkl_run):
             setup = Setup(objective="rkl", estimator="population", x64=x64, quadrature_order=order)
             grad_fn = jax.jit(jax.grad(lambda p, h, setup=setup: reverse_kl(p, h, setup, jax.random.key(0))[0]))
             for delta in (2.0, 4.0, 6.0, 8.0):
-                hyper = make_hyper(setup.dtype, separation=delta, target_old_weight=0.3, init_old_weight=0.3,
-                                   init_new_offset=0.0)
+                hyper = make_hyper(
+                    setup.dtype, separation=delta, target_old_weight=0.3, init_old_weight=0.3, init_new_offset=0.0
+                )
                 grad = grad_fn(init_params(hyper, setup), hyper)
                 flat = np.concatenate([np.ravel(grad.weight), grad.old_mean, grad.new_mean])
                 assert np.max(np.abs(flat)) < tol, (x64, order, delta, flat)

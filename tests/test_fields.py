@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,9 +52,14 @@ def _stable_step(v):
 
 
 TOY = Objective(
-    "toy", toy_pull, "a quadratic pull of the new mean (test only)",
-    fields=(fields.Field("toy_stiffness", "traced", 1.0, "stiffness kappa of the toy pull", gt=0, symbol="κ",
-                         objective=("toy",)),),
+    "toy",
+    toy_pull,
+    "a quadratic pull of the new mean (test only)",
+    fields=(
+        fields.Field(
+            "toy_stiffness", "traced", 1.0, "stiffness kappa of the toy pull", gt=0, symbol="κ", objective=("toy",)
+        ),
+    ),
     rules=(fields.Rule(("objective", "learning_rate", "toy_stiffness"), _stable_step, "toy GD is stable"),),
 )
 
@@ -66,8 +72,15 @@ def toy():
 
 
 def test_toy_objective_validates_sweeps_stores_and_labels(toy, tmp_path):
-    base = {"objective": "toy", "estimator": "population", "steps": 20, "log_every": 5, "learning_rate": 0.1,
-            "init_new_offset": -2.0, "name": "toy"}
+    base = {
+        "objective": "toy",
+        "estimator": "population",
+        "steps": 20,
+        "log_every": 5,
+        "learning_rate": 0.1,
+        "init_new_offset": -2.0,
+        "name": "toy",
+    }
     # validation: bounds and the toy's own cross-field rule, as one-line errors
     with pytest.raises(ConfigError, match=r"toy_stiffness=-1.0: Input should be greater than 0"):
         load_config({**base, "toy_stiffness": -1.0})
@@ -199,7 +212,9 @@ def _imports(path: Path, module_level_only: bool) -> set[str]:
                     continue
                 for alias in node.names:
                     sub = f"{target}.{alias.name}"
-                    if (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() or (ROOT / Path(*sub.split("."))).is_dir():
+                    if (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() or (
+                        ROOT / Path(*sub.split("."))
+                    ).is_dir():
                         found.add(sub)
                     else:
                         found.add(target)
@@ -228,8 +243,20 @@ def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_theory_is_a_leaf_of_formulas():
     deps = _closure(_graph(module_level_only=False), "forget_jax.theory")
-    forbidden = [d for d in deps if d.startswith(("forget_jax.objectives", "forget_jax.train", "forget_jax.analysis",
-                                                  "forget_jax.metrics", "forget_jax.runner", "forget_jax.config"))]
+    forbidden = [
+        d
+        for d in deps
+        if d.startswith(
+            (
+                "forget_jax.objectives",
+                "forget_jax.train",
+                "forget_jax.analysis",
+                "forget_jax.metrics",
+                "forget_jax.runner",
+                "forget_jax.config",
+            )
+        )
+    ]
     assert not forbidden, forbidden
 
 
@@ -275,3 +302,9 @@ def test_shipped_configs_are_found_without_the_source_tree(tmp_path, monkeypatch
     from forget_jax.reproduce.framework import configs_dir
 
     assert (configs_dir() / "pd1.yaml").is_file()
+
+
+def test_suite_runs_with_strict_dtype_promotion():
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    with pytest.raises(Exception, match="promotion"):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)

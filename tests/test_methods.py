@@ -79,8 +79,17 @@ def test_sdft_anchor_component_keeps_mass_moves_new_mean_and_drift_is_overlap_co
     b0 = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.3, 0.5, 0.5])
     anchor = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0, 0.5])
     setup = Setup(objective="sdft", estimator="population", steps=3000, log_every=100)
-    out = simulate(setup, make_hyper(separation=seps, init_old_weight=b0, teacher_anchor=anchor, teacher_ema=0.05,
-                                     learning_rate=0.2, init_new_offset=-1.0))
+    out = simulate(
+        setup,
+        make_hyper(
+            separation=seps,
+            init_old_weight=b0,
+            teacher_anchor=anchor,
+            teacher_ema=0.05,
+            learning_rate=0.2,
+            init_new_offset=-1.0,
+        ),
+    )
     assert not out["diverged"].any()
     for i in range(len(seps)):
         beta = out["old_weight"][i]
@@ -110,9 +119,16 @@ def test_sdft_weight_collapse_matches_separated_recursion():
     steps, lr, sep, tau = 2000, 1.0, 10.0, 3.0
     anchor = np.array([0.1, 0.3, 0.1])
     ema = np.array([0.02, 0.02, 0.1])
-    hyper = make_hyper(separation=sep, teacher_anchor=anchor, teacher_ema=ema, learning_rate=lr,
-                       init_new_offset=0.0, sdft_demo_scale=tau, target_old_weight=0.3)
-    log_odds = -sep**2 / (2 * (1 + tau**2))  # log N(c; 0, 1 + tau^2) - log N(c; c, 1 + tau^2), c = mu_n*
+    hyper = make_hyper(
+        separation=sep,
+        teacher_anchor=anchor,
+        teacher_ema=ema,
+        learning_rate=lr,
+        init_new_offset=0.0,
+        sdft_demo_scale=tau,
+        target_old_weight=0.3,
+    )
+    log_odds = -(sep**2) / (2 * (1 + tau**2))  # log N(c; 0, 1 + tau^2) - log N(c; c, 1 + tau^2), c = mu_n*
     cases = {
         ("anchor_density", "reverse", "new"): lambda b: (1 - anchor) * b,
         ("anchor_density", "forward", "new"): lambda b: (1 - anchor) * b,
@@ -120,8 +136,15 @@ def test_sdft_weight_collapse_matches_separated_recursion():
         ("anchor_density", "reverse", "target"): lambda b: (1 - anchor) * b + anchor * 0.3,
     }
     for (conditioning, direction, demo), teacher_map in cases.items():
-        setup = Setup(objective="sdft", estimator="population", steps=steps, log_every=100,
-                      sdft_conditioning=conditioning, sdft_direction=direction, sdft_demo=demo)
+        setup = Setup(
+            objective="sdft",
+            estimator="population",
+            steps=steps,
+            log_every=100,
+            sdft_conditioning=conditioning,
+            sdft_direction=direction,
+            sdft_demo=demo,
+        )
         out = simulate(setup, hyper)
         ref = sdft_recursion_np(steps, np.full(3, 0.5), lr, ema, teacher_map, direction)[::100].T
         err = np.max(np.abs(logit(out["old_weight"]) - logit(ref)))
@@ -134,8 +157,15 @@ def test_sdft_weight_collapse_matches_separated_recursion():
         if conditioning == "anchor_density" and direction == "reverse" and demo == "new":
             full = sdft_recursion_np(steps, np.full(3, 0.5), lr, ema, teacher_map, direction)
             for i in range(3):
-                th = np.asarray(theory.sdft_ema_weights(
-                    steps, 0.5, lr, float(ema[i]), lambda b, a=float(anchor[i]): theory.sdft_anchor_density_weight(b, a)))
+                th = np.asarray(
+                    theory.sdft_ema_weights(
+                        steps,
+                        0.5,
+                        lr,
+                        float(ema[i]),
+                        lambda b, a=float(anchor[i]): theory.sdft_anchor_density_weight(b, a),
+                    )
+                )
                 assert np.max(np.abs(logit(th) - logit(full[:, i]))) < 1e-4
             beta = out["old_weight"][0]
     # per-refresh recursion (T7 Example A) and anchored teacher (Example B)
@@ -171,12 +201,19 @@ def test_sdft_finite_batch_neutral_directions_diffuse():
     < 1.6. MISMATCH with "bounded drift when lambda > 0" [S, docs/science/methods.md D]: in this translation the
     finite-batch drift of m_o and beta is unbounded (diffusive)."""
     seeds = 32
-    hyper = make_hyper(separation=6.0, teacher_anchor=0.1, teacher_ema=0.05, learning_rate=0.1,
-                       init_new_offset=0.0, seed=np.arange(seeds))
+    hyper = make_hyper(
+        separation=6.0,
+        teacher_anchor=0.1,
+        teacher_ema=0.05,
+        learning_rate=0.1,
+        init_new_offset=0.0,
+        seed=np.arange(seeds),
+    )
     spreads = {}
     for objective in ("sdft", "rkl"):
-        setup = Setup(objective=objective, estimator="pathwise", sampling="ancestral", batch_size=32,
-                      steps=2000, log_every=250)
+        setup = Setup(
+            objective=objective, estimator="pathwise", sampling="ancestral", batch_size=32, steps=2000, log_every=250
+        )
         out = simulate(setup, hyper)
         assert not out["diverged"].any()
         beta_sd = out["old_weight"].std(0)
@@ -193,10 +230,21 @@ def test_sdft_forward_monte_carlo_capped_weights():
     """docs/science/methods.md A forward loss from student samples with capped weights min(T/q, C): every
     applied weight is <= C = 1.5, and with a = 0.5 the new mean still reaches mu_n* (ancestral score
     batches, B = 32, 8 seeds)."""
-    setup = Setup(objective="sdft", estimator="score", sampling="ancestral", sdft_direction="forward",
-                  batch_size=32, steps=1500, log_every=150)
-    out = simulate(setup, make_hyper(separation=6.0, teacher_anchor=0.5, teacher_ema=0.05, learning_rate=0.1,
-                                     sdft_is_cap=1.5, seed=np.arange(8)))
+    setup = Setup(
+        objective="sdft",
+        estimator="score",
+        sampling="ancestral",
+        sdft_direction="forward",
+        batch_size=32,
+        steps=1500,
+        log_every=150,
+    )
+    out = simulate(
+        setup,
+        make_hyper(
+            separation=6.0, teacher_anchor=0.5, teacher_ema=0.05, learning_rate=0.1, sdft_is_cap=1.5, seed=np.arange(8)
+        ),
+    )
     assert not out["diverged"].any()
     assert np.nanmax(out["max_importance_weight"]) <= 1.5 + 1e-6
     assert np.nanmax(out["max_importance_weight"]) > 1.0  # the cap is reached
@@ -215,8 +263,8 @@ def test_tilt_mass_factors_match_quadrature():
     """docs/science/methods.md section 0 closed forms: log M = log E_{N(m, s^2)}[e^{eta R}] for the quadratic,
     linear and log_new rewards, and the tilted means, against scipy quadrature (rel 1e-6)."""
     for m, s, eta, mu, rho, w in [(0.0, 1.0, 2.0, 4.0, 1.0, 0.3), (1.5, 0.7, 0.5, 3.0, 2.0, -0.8)]:
-        dens = lambda x, m=m, s=s: math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))  # noqa: E731
-        quad_r = lambda x: -((x - mu) ** 2) / (2 * rho**2)  # noqa: E731
+        dens = lambda x, m=m, s=s: math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+        quad_r = lambda x: -((x - mu) ** 2) / (2 * rho**2)
         m_quad = _quad(lambda x: dens(x) * math.exp(eta * quad_r(x)))
         assert float(theory.log_mass_factor_quadratic(m, mu, rho, eta, s)) == pytest.approx(math.log(m_quad), rel=1e-6)
         mean_quad = _quad(lambda x: x * dens(x) * math.exp(eta * quad_r(x))) / m_quad
@@ -225,15 +273,15 @@ def test_tilt_mass_factors_match_quadrature():
         assert float(theory.log_mass_factor_linear(m, w, eta, s)) == pytest.approx(math.log(m_lin), rel=1e-6)
         mean_lin = _quad(lambda x: x * dens(x) * math.exp(eta * w * x)) / m_lin
         assert float(theory.tilted_mean_linear(m, w, eta, s)) == pytest.approx(mean_lin, rel=1e-6)
-        log_new = lambda x: -0.5 * ((x - mu) / rho) ** 2 - math.log(rho * math.sqrt(2 * math.pi))  # noqa: E731
+        log_new = lambda x: -0.5 * ((x - mu) / rho) ** 2 - math.log(rho * math.sqrt(2 * math.pi))
         m_new = _quad(lambda x: dens(x) * math.exp(eta * log_new(x)))
         assert float(theory.log_mass_factor_log_new(m, mu, rho, eta, s)) == pytest.approx(math.log(m_new), rel=1e-6)
 
 
 def _population_eta_np(b0, mo, mn, mu, rho, budget=LN2):
     """Population adaptive eta by scipy: KL(q e^{eta R}/Z || q) = budget (docs/science/methods.md B)."""
-    q = lambda x: (b0 * math.exp(-0.5 * x**2) + (1 - b0) * math.exp(-0.5 * (x - mn) ** 2)) / math.sqrt(2 * math.pi)  # noqa: E731
-    r = lambda x: -((x - mu) ** 2) / (2 * rho**2)  # noqa: E731
+    q = lambda x: (b0 * math.exp(-0.5 * x**2) + (1 - b0) * math.exp(-0.5 * (x - mn) ** 2)) / math.sqrt(2 * math.pi)
+    r = lambda x: -((x - mu) ** 2) / (2 * rho**2)
 
     def kl(e):
         z = _quad(lambda x: q(x) * math.exp(e * r(x)))
@@ -251,9 +299,22 @@ def test_ttt_population_step_moves_logit_toward_the_mixture_tilt():
     with jax.enable_x64(True):
         for adaptive in (False, True):
             setup = Setup(objective="ttt_discover", estimator="population", adaptive_eta=adaptive, x64=True)
-            for sep, b0, eta, rho, off in [(4.0, 0.5, 2.0, 1.0, 0.0), (3.0, 0.3, 0.5, 1.5, 0.5), (6.0, 0.7, 1.0, 2.0, -1.0)]:
-                hyper = jax.tree.map(jnp.asarray, make_hyper(np.float64, separation=sep, init_old_weight=b0,
-                                                             entropic_eta=eta, reward_width=rho, reward_offset=off))
+            for sep, b0, eta, rho, off in [
+                (4.0, 0.5, 2.0, 1.0, 0.0),
+                (3.0, 0.3, 0.5, 1.5, 0.5),
+                (6.0, 0.7, 1.0, 2.0, -1.0),
+            ]:
+                hyper = jax.tree.map(
+                    jnp.asarray,
+                    make_hyper(
+                        np.float64,
+                        separation=sep,
+                        init_old_weight=b0,
+                        entropic_eta=eta,
+                        reward_width=rho,
+                        reward_offset=off,
+                    ),
+                )
                 params = init_params(hyper, setup)
                 grads, _ = jax.grad(ttt_discover, has_aux=True)(params, hyper, setup, jax.random.key(0), params)
                 mo, mn, mu = 0.0, sep - 1.0, sep + off
@@ -274,7 +335,7 @@ def _entropic_fixed_point_np(b_ref, log_r, lam):
     """Separated-limit stationary point of J - lambda KL (frozen components), by scipy brentq on
     (r - 1) / (beta (r - 1) + 1) = lambda (logit beta - logit beta_ref)."""
     r = math.exp(log_r)
-    h = lambda a: (r - 1) / (special.expit(a) * (r - 1) + 1) - lam * (a - logit(b_ref))  # noqa: E731
+    h = lambda a: (r - 1) / (special.expit(a) * (r - 1) + 1) - lam * (a - logit(b_ref))
     return special.expit(optimize.brentq(h, -60, 60, xtol=1e-14))
 
 
@@ -287,19 +348,46 @@ def test_ttt_kl_anchored_fixed_point():
     |diff| < 2e-5), but at log(M_o/M_n) = -1.88 the method keeps 0.254 where the formula predicts
     0.132 (the entropic gradient saturates at |beta_tilt - beta| <= 1). Without the anchor
     (lambda = 0) beta -> 0: pure max-seeking forgets."""
-    rows = [(1.0, 0.5, 0.02), (1.0, 0.5, 0.2), (1.0, 0.5, 1.0), (1.0, 0.3, 1.0), (0.5, 0.5, 1.0), (2.0, 0.5, 0.5), (0.0, 0.5, 0.2)]
+    rows = [
+        (1.0, 0.5, 0.02),
+        (1.0, 0.5, 0.2),
+        (1.0, 0.5, 1.0),
+        (1.0, 0.3, 1.0),
+        (0.5, 0.5, 1.0),
+        (2.0, 0.5, 0.5),
+        (0.0, 0.5, 0.2),
+    ]
     lam, b0, eta = map(np.array, zip(*rows))
     sep, rho = 8.0, 4.0
-    setup = Setup(objective="ttt_discover", estimator="population", adaptive_eta=False, train_old_mean=False,
-                  train_new_mean=False, steps=3000, log_every=300)
-    out = simulate(setup, make_hyper(separation=sep, init_old_weight=b0, kl_penalty=lam, entropic_eta=eta,
-                                     reward_width=rho, init_new_offset=0.0, learning_rate=1.0))
+    setup = Setup(
+        objective="ttt_discover",
+        estimator="population",
+        adaptive_eta=False,
+        train_old_mean=False,
+        train_new_mean=False,
+        steps=3000,
+        log_every=300,
+    )
+    out = simulate(
+        setup,
+        make_hyper(
+            separation=sep,
+            init_old_weight=b0,
+            kl_penalty=lam,
+            entropic_eta=eta,
+            reward_width=rho,
+            init_new_offset=0.0,
+            learning_rate=1.0,
+        ),
+    )
     for i in range(len(rows)):
         log_mo = float(theory.log_mass_factor_quadratic(0.0, sep, rho, eta[i], 1.0))
         log_mn = float(theory.log_mass_factor_quadratic(sep, sep, rho, eta[i], 1.0))
         final = float(out["old_weight"][i, -1])
         gibbs = float(theory.kl_anchored_fixed_point(b0[i], log_mo, log_mn))
-        assert gibbs == pytest.approx(b0[i] * math.exp(log_mo) / (b0[i] * math.exp(log_mo) + (1 - b0[i]) * math.exp(log_mn)))
+        assert gibbs == pytest.approx(
+            b0[i] * math.exp(log_mo) / (b0[i] * math.exp(log_mo) + (1 - b0[i]) * math.exp(log_mn))
+        )
         if lam[i] == 0:
             assert final < 2e-3 and np.all(np.diff(out["old_weight"][i]) < 0)
             continue
@@ -318,14 +406,22 @@ def test_ttt_adaptive_eta_bisection_hits_ln2():
     scales; a constant group never reaches the budget and gets the cap 1e6 (then every LOO weight
     is 1, advantage 0); the LOO weights e_i / mean_{j != i} e_j equal a direct NumPy computation."""
     rng = np.random.default_rng(0)
-    rewards = np.concatenate([rng.normal(size=(4, 64)), 5.0 * rng.normal(size=(2, 64)), 0.01 * rng.normal(size=(2, 64)),
-                              rng.normal(size=(2, 64)) - 50.0]).astype(np.float32)
+    rewards = np.concatenate(
+        [
+            rng.normal(size=(4, 64)),
+            5.0 * rng.normal(size=(2, 64)),
+            0.01 * rng.normal(size=(2, 64)),
+            rng.normal(size=(2, 64)) - 50.0,
+        ]
+    ).astype(np.float32)
     eta = np.asarray(jax.jit(group_eta)(jnp.asarray(rewards), LN2), float)
     for r, e in zip(rewards.astype(float), eta):
+
         def kl(x, r=r):
             z = x * (r - r.max())
             p = np.exp(z) / np.exp(z).sum()
             return float(np.sum(p * np.log(p * len(r) + 1e-300)))
+
         assert abs(kl(e) - LN2) < 2e-5, (e, kl(e))
         root = optimize.brentq(lambda x: kl(x) - LN2, 1e-9, 1e7, xtol=1e-14)
         assert e == pytest.approx(root, rel=1e-4)
@@ -371,10 +467,20 @@ def test_ttt_monte_carlo_run_forgets_without_anchor():
     beta stays above 0.12 and the old mean stays within 0.5. 8 seeds each."""
     seeds = 8
     lam = np.repeat([0.0, 1.0], seeds)
-    setup = Setup(objective="ttt_discover", estimator="score", adaptive_eta=True, batch_size=64, group_size=8,
-                  steps=600, log_every=100, optimizer="adam")
-    out = simulate(setup, make_hyper(separation=4.0, kl_penalty=lam, reward_width=1.0, learning_rate=0.02,
-                                     seed=np.arange(2 * seeds)))
+    setup = Setup(
+        objective="ttt_discover",
+        estimator="score",
+        adaptive_eta=True,
+        batch_size=64,
+        group_size=8,
+        steps=600,
+        log_every=100,
+        optimizer="adam",
+    )
+    out = simulate(
+        setup,
+        make_hyper(separation=4.0, kl_penalty=lam, reward_width=1.0, learning_rate=0.02, seed=np.arange(2 * seeds)),
+    )
     assert not out["diverged"].any()
     free, anchored = out["old_weight"][:seeds, -1], out["old_weight"][seeds:, -1]
     assert free.mean() < 0.05 and anchored.min() > 0.12, (free, anchored)
@@ -395,12 +501,29 @@ def test_oapl_sync_recursion_linear_reward():
     global, so the old mean drifts -- not overlap-controlled). Equal reward (w = 0) keeps beta
     exactly. Mass change counts syncs, not steps: 500 steps at L = 50 (10 syncs) move logit beta
     twice as far as at L = 100 (5 syncs)."""
-    rows = [(0.0, 1.0, 0.5, 100, 0.5), (0.1, 1.0, 0.5, 100, 0.5), (0.1, 2.0, 0.5, 100, 0.125), (0.1, 1.0, 0.3, 100, 0.5),
-            (0.05, 1.0, 0.5, 100, 0.5), (0.05, 1.0, 0.5, 50, 0.5)]
+    rows = [
+        (0.0, 1.0, 0.5, 100, 0.5),
+        (0.1, 1.0, 0.5, 100, 0.5),
+        (0.1, 2.0, 0.5, 100, 0.125),
+        (0.1, 1.0, 0.3, 100, 0.5),
+        (0.05, 1.0, 0.5, 100, 0.5),
+        (0.05, 1.0, 0.5, 50, 0.5),
+    ]
     slope, beta, b0, lag, lr = map(np.array, zip(*rows))
     setup = Setup(objective="oapl", estimator="population", reward="linear", steps=500, log_every=50)
-    out = simulate(setup, make_hyper(reward_slope=slope, oapl_beta1=beta, oapl_beta2=beta, init_old_weight=b0,
-                                     oapl_lag=lag, learning_rate=lr, separation=4.0, init_new_offset=0.0))
+    out = simulate(
+        setup,
+        make_hyper(
+            reward_slope=slope,
+            oapl_beta1=beta,
+            oapl_beta2=beta,
+            init_old_weight=b0,
+            oapl_lag=lag,
+            learning_rate=lr,
+            separation=4.0,
+            init_new_offset=0.0,
+        ),
+    )
     assert not out["diverged"].any()
     for i in range(len(rows)):
         if lag[i] != 100:
@@ -409,9 +532,13 @@ def test_oapl_sync_recursion_linear_reward():
         lw = logit(out["old_weight"][i, at_sync])
         mo, mn = out["old_mean_position"][i, at_sync], out["new_mean_position"][i, at_sync]
         inv = 1.0 / beta[i]
-        predicted = np.asarray(theory.oapl_sync_logit(
-            lw[:-1], theory.log_mass_factor_linear(mo[:-1, None], [slope[i]], inv, 1.0),
-            theory.log_mass_factor_linear(mn[:-1, None], [slope[i]], inv, 1.0)))
+        predicted = np.asarray(
+            theory.oapl_sync_logit(
+                lw[:-1],
+                theory.log_mass_factor_linear(mo[:-1, None], [slope[i]], inv, 1.0),
+                theory.log_mass_factor_linear(mn[:-1, None], [slope[i]], inv, 1.0),
+            )
+        )
         ok = special.expit(lw[:-1]) >= 0.1
         assert np.max(np.abs(lw[1:] - predicted)[ok]) < 2e-3, (rows[i], lw, predicted)
         shift = np.asarray(theory.tilted_mean_linear(mo[:-1], slope[i], inv, 1.0)) - mo[:-1]
@@ -429,12 +556,12 @@ def _oapl_projection_np(b_lag, sep, mu, rho):
     """One OAPL sync with frozen means, beta_1 = beta_2 = 1, by NumPy/scipy: minimise over a
     E_{q_lag}[(log q_a - log q_lag - (r - V*))^2] on a grid (trapezoid), V* = log E_{q_lag} e^r."""
     x = np.linspace(-14.0, sep + 14.0, 12001)
-    ln = lambda m: -0.5 * (x - m) ** 2 - 0.5 * math.log(2 * math.pi)  # noqa: E731
-    log_q = lambda b: np.logaddexp(math.log(b) + ln(0.0), math.log1p(-b) + ln(sep))  # noqa: E731
+    ln = lambda m: -0.5 * (x - m) ** 2 - 0.5 * math.log(2 * math.pi)
+    log_q = lambda b: np.logaddexp(math.log(b) + ln(0.0), math.log1p(-b) + ln(sep))
     q_lag = np.exp(log_q(b_lag))
     r = -((x - mu) ** 2) / (2 * rho**2)
     v = math.log(np.trapezoid(q_lag * np.exp(r), x))
-    f = lambda a: np.trapezoid(q_lag * (log_q(special.expit(a)) - log_q(b_lag) - (r - v)) ** 2, x)  # noqa: E731
+    f = lambda a: np.trapezoid(q_lag * (log_q(special.expit(a)) - log_q(b_lag) - (r - v)) ** 2, x)
     return optimize.minimize_scalar(f, bracket=(logit(b_lag) - 1, logit(b_lag)), tol=1e-12).x - logit(b_lag)
 
 
@@ -449,10 +576,27 @@ def test_oapl_equal_reward_keeps_mass_and_quadratic_gap_is_a_projection():
     offs = np.array([-2.0, -2.0, -2.0, 0.0, 0.0])
     b0 = np.array([0.3, 0.5, 0.7, 0.5, 0.5])
     rho = np.array([3.0, 3.0, 3.0, 3.0, 1.5])
-    setup = Setup(objective="oapl", estimator="population", reward="quadratic", steps=600, log_every=100,
-                  train_old_mean=False, train_new_mean=False)
-    out = simulate(setup, make_hyper(reward_offset=offs, reward_width=rho, oapl_lag=100, learning_rate=0.5,
-                                     separation=4.0, init_new_offset=0.0, init_old_weight=b0))
+    setup = Setup(
+        objective="oapl",
+        estimator="population",
+        reward="quadratic",
+        steps=600,
+        log_every=100,
+        train_old_mean=False,
+        train_new_mean=False,
+    )
+    out = simulate(
+        setup,
+        make_hyper(
+            reward_offset=offs,
+            reward_width=rho,
+            oapl_lag=100,
+            learning_rate=0.5,
+            separation=4.0,
+            init_new_offset=0.0,
+            init_old_weight=b0,
+        ),
+    )
     for i in range(3):
         np.testing.assert_allclose(out["old_weight"][i], b0[i], atol=1e-6)
     tilt_steps = []
@@ -461,7 +605,10 @@ def test_oapl_equal_reward_keeps_mass_and_quadratic_gap_is_a_projection():
         change = np.diff(logit(b))
         for k in np.flatnonzero(b[:-1] >= 0.1):
             assert change[k] == pytest.approx(_oapl_projection_np(b[k], 4.0, 4.0, rho[i]), abs=1e-3), (i, k)
-        tilt = float(theory.log_mass_factor_quadratic(0.0, 4.0, rho[i], 1.0, 1.0) - theory.log_mass_factor_quadratic(4.0, 4.0, rho[i], 1.0, 1.0))
+        tilt = float(
+            theory.log_mass_factor_quadratic(0.0, 4.0, rho[i], 1.0, 1.0)
+            - theory.log_mass_factor_quadratic(4.0, 4.0, rho[i], 1.0, 1.0)
+        )
         tilt_steps.append((change[0], tilt))
     assert tilt_steps[0][0] == pytest.approx(-0.99, abs=0.01) and tilt_steps[0][1] == pytest.approx(-0.80, abs=1e-6)
     assert tilt_steps[1][0] == pytest.approx(-4.28, abs=0.02) and tilt_steps[1][1] == pytest.approx(-2.4615, abs=1e-3)
@@ -479,10 +626,30 @@ def test_oapl_monte_carlo_starvation_and_equal_reward():
     seeds, lag, blocks, group = 64, 50, 8, 8
     offs = np.repeat([-2.0, 0.0], seeds)
     b0 = np.repeat([0.3, 0.5], seeds)
-    setup = Setup(objective="oapl", estimator="score", reward="quadratic", steps=lag * blocks, log_every=lag,
-                  batch_size=group, group_size=group, train_old_mean=False, train_new_mean=False)
-    out = simulate(setup, make_hyper(reward_offset=offs, reward_width=3.0, oapl_lag=lag, learning_rate=0.3,
-                                     separation=4.0, init_new_offset=0.0, init_old_weight=b0, seed=np.arange(2 * seeds)))
+    setup = Setup(
+        objective="oapl",
+        estimator="score",
+        reward="quadratic",
+        steps=lag * blocks,
+        log_every=lag,
+        batch_size=group,
+        group_size=group,
+        train_old_mean=False,
+        train_new_mean=False,
+    )
+    out = simulate(
+        setup,
+        make_hyper(
+            reward_offset=offs,
+            reward_width=3.0,
+            oapl_lag=lag,
+            learning_rate=0.3,
+            separation=4.0,
+            init_new_offset=0.0,
+            init_old_weight=b0,
+            seed=np.arange(2 * seeds),
+        ),
+    )
     assert not out["diverged"].any()
     gap = slice(seeds, None)
     beta_lag = out["old_weight"][gap, :-1].astype(float)
@@ -506,11 +673,21 @@ def test_oapl_monte_carlo_starvation_and_equal_reward():
 def test_method_configs_validate():
     """`objective: sdft | ttt_discover | oapl` load with their knobs; impossible combinations are
     rejected with one line."""
-    spec = load_config({"objective": "ttt_discover", "estimator": "score", "batch_size": 64, "group_size": 8,
-                        "grid": {"kl_penalty": [0.0, 1.0], "reward": ["quadratic", "linear"]}})
+    spec = load_config(
+        {
+            "objective": "ttt_discover",
+            "estimator": "score",
+            "batch_size": 64,
+            "group_size": 8,
+            "grid": {"kl_penalty": [0.0, 1.0], "reward": ["quadratic", "linear"]},
+        }
+    )
     assert spec.base.setup().num_groups == 8
     assert load_config({"objective": "oapl", "oapl_lag": 400}).base.hyper_values()["oapl_lag"] == 400
-    assert load_config({"objective": "sdft", "sdft_conditioning": "bayes_icl"}).base.setup().sdft_conditioning == "bayes_icl"
+    assert (
+        load_config({"objective": "sdft", "sdft_conditioning": "bayes_icl"}).base.setup().sdft_conditioning
+        == "bayes_icl"
+    )
     bad = [
         ({"objective": "ttt_discover", "estimator": "pathwise"}, "pathwise"),
         ({"objective": "oapl", "estimator": "score", "batch_size": 60, "group_size": 8}, "group_size=8"),

@@ -19,13 +19,18 @@ from forget_jax.plots import plot_store, theory_overlay
 from forget_jax.store import open_store
 
 
-
 @pytest.fixture(scope="module")
 def phase_store(tmp_path_factory):
     """FKL vs RKL, population estimator: objective x separation x replay_ratio, one seed."""
     path = tmp_path_factory.mktemp("plots") / "phase.zarr"
-    config = dict(name="phase", estimator="population", steps=20, log_every=10, learning_rate=0.1,
-                  grid=dict(objective=["fkl", "rkl"], separation=[2.0, 4.0], replay_ratio=[0.0, 0.25, 0.5]))
+    config = dict(
+        name="phase",
+        estimator="population",
+        steps=20,
+        log_every=10,
+        learning_rate=0.1,
+        grid=dict(objective=["fkl", "rkl"], separation=[2.0, 4.0], replay_ratio=[0.0, 0.25, 0.5]),
+    )
     forget_jax.sweep(config, out=path, progress=False)
     return path
 
@@ -34,8 +39,17 @@ def phase_store(tmp_path_factory):
 def starve_store(tmp_path_factory):
     """RKL, score estimator with ancestral sampling: batch_size x replay_ratio, two seeds."""
     path = tmp_path_factory.mktemp("plots") / "starve.zarr"
-    config = dict(name="starve", objective="rkl", estimator="score", sampling="ancestral", steps=20, log_every=10,
-                  learning_rate=0.05, seeds=2, grid=dict(batch_size=[2, 8], replay_ratio=[0.0, 0.5]))
+    config = dict(
+        name="starve",
+        objective="rkl",
+        estimator="score",
+        sampling="ancestral",
+        steps=20,
+        log_every=10,
+        learning_rate=0.05,
+        seeds=2,
+        grid=dict(batch_size=[2, 8], replay_ratio=[0.0, 0.5]),
+    )
     forget_jax.sweep(config, out=path, progress=False)
     return path
 
@@ -68,8 +82,15 @@ def overlay_spy(monkeypatch):
 
 def test_theory_overlay_matches_numpy():
     lam, batch, beta = np.meshgrid([0.0, 0.1, 0.35, 0.6, 0.9], [1, 2, 8, 32, 64], [0.05, 0.5, 0.8], indexing="ij")
-    starve = theory_overlay("starved_fraction", objective="rkl", replay_ratio=lam, batch_size=batch, old_weight=beta,
-                            estimator="score", sampling="ancestral")
+    starve = theory_overlay(
+        "starved_fraction",
+        objective="rkl",
+        replay_ratio=lam,
+        batch_size=batch,
+        old_weight=beta,
+        estimator="score",
+        sampling="ancestral",
+    )
     np.testing.assert_allclose(starve, np.power((1.0 - lam) * (1.0 - beta), batch), rtol=1e-12, atol=0)
     # docs/science/claims.md fact 10: beta = .05, lambda = .1, B = 8 -> .2856
     single = theory_overlay("starved_fraction", objective="rkl", replay_ratio=0.1, batch_size=8, old_weight=0.05)
@@ -82,10 +103,28 @@ def test_theory_overlay_matches_numpy():
     np.testing.assert_array_equal(optimum, lam)
     # no closed form drawn: reverse KL old weight, population / stratified starvation, other variables
     assert theory_overlay("old_weight", objective="rkl", replay_ratio=lam) is None
-    assert theory_overlay("starved_fraction", objective="rkl", replay_ratio=lam, batch_size=batch, old_weight=beta,
-                          estimator="population") is None
-    assert theory_overlay("starved_fraction", objective="rkl", replay_ratio=lam, batch_size=batch, old_weight=beta,
-                          sampling="stratified") is None
+    assert (
+        theory_overlay(
+            "starved_fraction",
+            objective="rkl",
+            replay_ratio=lam,
+            batch_size=batch,
+            old_weight=beta,
+            estimator="population",
+        )
+        is None
+    )
+    assert (
+        theory_overlay(
+            "starved_fraction",
+            objective="rkl",
+            replay_ratio=lam,
+            batch_size=batch,
+            old_weight=beta,
+            sampling="stratified",
+        )
+        is None
+    )
     assert theory_overlay("old_drift", objective="fkl", replay_ratio=lam) is None
 
 
@@ -95,11 +134,17 @@ def test_theory_overlay_matches_numpy():
 
 def test_heatmap_with_fkl_optimum(phase_store, tmp_path, overlay_spy):
     ds = open_store(phase_store)
-    out = plot_store(ds, x="separation", y="replay_ratio", var="old_weight", sel={"objective": "fkl"},
-                     out=tmp_path / "new" / "folder" / "heat.png")
+    out = plot_store(
+        ds,
+        x="separation",
+        y="replay_ratio",
+        var="old_weight",
+        sel={"objective": "fkl"},
+        out=tmp_path / "new" / "folder" / "heat.png",
+    )
     assert out == tmp_path / "new" / "folder" / "heat.png"
     _assert_image(out)
-    (var, kwargs, value), = overlay_spy
+    ((var, kwargs, value),) = overlay_spy
     assert var == "old_weight" and kwargs["objective"] == "fkl"
     np.testing.assert_array_equal(value, kwargs["replay_ratio"])  # contours of beta = lambda over the plane
 
@@ -108,7 +153,7 @@ def test_starvation_heatmap_and_trajectory(starve_store, tmp_path, overlay_spy):
     ds = open_store(starve_store)
     heat = plot_store(ds, x="batch_size", y="replay_ratio", var="starved_fraction", step="mean", out=tmp_path / "s.png")
     _assert_image(heat)
-    (var, kwargs, value), = overlay_spy
+    ((_var, kwargs, value),) = overlay_spy
     assert kwargs["objective"] == "rkl" and value is not None
     beta = kwargs["old_weight"]
     logged = float(ds["old_weight"].mean())
@@ -116,8 +161,9 @@ def test_starvation_heatmap_and_trajectory(starve_store, tmp_path, overlay_spy):
     np.testing.assert_allclose(value, ((1 - kwargs["replay_ratio"]) * (1 - beta)) ** kwargs["batch_size"], rtol=1e-12)
 
     overlay_spy.clear()
-    traj = plot_store(ds, x="step", y="replay_ratio", var="starved_fraction", sel={"batch_size": "2"},
-                      out=tmp_path / "t.png")
+    traj = plot_store(
+        ds, x="step", y="replay_ratio", var="starved_fraction", sel={"batch_size": "2"}, out=tmp_path / "t.png"
+    )
     _assert_image(traj)
     assert len(overlay_spy) == 2 and all(v is not None for _, _, v in overlay_spy)  # one per line
 
@@ -144,8 +190,11 @@ def test_default_views(phase_store, tmp_path):
     req = plots._resolve(ds, "step", None, "old_weight", {"objective": "fkl"})
     assert (req.kind, req.hue, req.averaged) == ("trajectory", "separation", ["replay_ratio"])
     _assert_image(plot_store(ds, out=tmp_path / "default.png"))
-    _assert_image(plot_store(ds, sel={"objective": "fkl", "separation": "4", "replay_ratio": "0.5"},
-                             out=tmp_path / "one.png"), min_kb=10, min_colours=10)
+    _assert_image(
+        plot_store(ds, sel={"objective": "fkl", "separation": "4", "replay_ratio": "0.5"}, out=tmp_path / "one.png"),
+        min_kb=10,
+        min_colours=10,
+    )
 
 
 def test_steps_and_selection_values(phase_store):
@@ -203,7 +252,7 @@ def test_user_errors_are_one_line(phase_store, tmp_path, kwargs, needles):
 
 
 def test_bad_extension(phase_store, tmp_path):
-    with pytest.raises(ValueError, match="use .png or .pdf"):
+    with pytest.raises(ValueError, match=r"use \.png or \.pdf"):
         plot_store(open_store(phase_store), out=tmp_path / "x.jpg")
 
 
@@ -213,21 +262,39 @@ def test_bad_extension(phase_store, tmp_path):
 
 def test_cli_plot(phase_store, tmp_path):
     out = tmp_path / "figs" / "f.png"
-    result = CliRunner().invoke(app, ["plot", str(phase_store), "--x", "separation", "--y", "replay_ratio",
-                                      "--var", "old_weight", "--sel", "objective=fkl", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plot",
+            str(phase_store),
+            "--x",
+            "separation",
+            "--y",
+            "replay_ratio",
+            "--var",
+            "old_weight",
+            "--sel",
+            "objective=fkl",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.stdout
     _assert_image(out)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--var", "nope"], "var='nope'"),
-    (["--x", "separation", "--y", "replay_ratio", "--sel", "objective=xyz"], "objective=xyz"),
-    (["--x", "nofield"], "x='nofield'"),
-    (["--sel", "nofield=1"], "'nofield'"),
-    (["--sel", "objective"], "field=value"),
-    (["--step", "abc"], "step='abc'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--var", "nope"], "var='nope'"),
+        (["--x", "separation", "--y", "replay_ratio", "--sel", "objective=xyz"], "objective=xyz"),
+        (["--x", "nofield"], "x='nofield'"),
+        (["--sel", "nofield=1"], "'nofield'"),
+        (["--sel", "objective"], "field=value"),
+        (["--step", "abc"], "step='abc'"),
+    ],
+)
 def test_cli_plot_errors(phase_store, tmp_path, args, needle):
     result = CliRunner().invoke(app, ["plot", str(phase_store), *args, "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 2, result.output

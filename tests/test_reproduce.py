@@ -182,7 +182,7 @@ def test_figures_exist_and_are_not_trivial(quick_run):
 def test_stores_written_and_complete(quick_run):
     from forget_jax.store import open_store
 
-    out, report = quick_run
+    _out, report = quick_run
     for study in report["studies"].values():
         for store in study["stores"]:
             ds = open_store(store["path"])

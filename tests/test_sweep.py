@@ -32,12 +32,29 @@ from forget_jax.store import PROGRESS_DIR, StoreError, export_netcdf
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6
-CONTRACT_VARS = ("old_weight", "old_drift", "new_mean_error", "kl_to_target", "loss", "starved_fraction",
-                 "old_overlap", "new_overlap", "diverged")
+CONTRACT_VARS = (
+    "old_weight",
+    "old_drift",
+    "new_mean_error",
+    "kl_to_target",
+    "loss",
+    "starved_fraction",
+    "old_overlap",
+    "new_overlap",
+    "diverged",
+)
 
 #: One small Monte Carlo setup shared by every test (one compiled program for 4 devices).
-BASE = dict(name="tiny", objective="fkl", estimator="score", sampling="ancestral", batch_size=16,
-            steps=20, log_every=5, learning_rate=0.05)
+BASE = dict(
+    name="tiny",
+    objective="fkl",
+    estimator="score",
+    sampling="ancestral",
+    batch_size=16,
+    steps=20,
+    log_every=5,
+    learning_rate=0.05,
+)
 GRID_CFG = {**BASE, "seeds": 2, "grid": {"separation": [1.5, 3.0, 5.0], "replay_ratio": [0.0, 0.3]}}
 
 
@@ -139,15 +156,23 @@ def test_block_plan_is_rectangular_and_covering(spec):
 
 
 def test_kill_and_resume(tmp_path, subprocess_env):
-    cfg = {**BASE, "name": "killable", "seeds": 2,
-           "grid": {"separation": {"linspace": [1.0, 6.0, 25]}, "replay_ratio": [0.0, 0.3]}}
+    cfg = {
+        **BASE,
+        "name": "killable",
+        "seeds": 2,
+        "grid": {"separation": {"linspace": [1.0, 6.0, 25]}, "replay_ratio": [0.0, 0.3]},
+    }
     path = _write_cfg(tmp_path / "kill.yaml", cfg)
     store = tmp_path / "kill.zarr"
     total = len(make_plan(load_config(cfg), 1).blocks)
     assert total == 100
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(_cli("sweep", str(path), "--out", str(store), "--chunk-size", "1", "--no-progress"),
-                            env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _cli("sweep", str(path), "--out", str(store), "--chunk-size", "1", "--no-progress"),
+        env=subprocess_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     try:
         while not _done(store):
@@ -164,13 +189,23 @@ def test_kill_and_resume(tmp_path, subprocess_env):
     first = _done(store)
     assert 1 <= len(first) < total, f"{len(first)} of {total} blocks done when killed"
     # without --resume: one clear line, exit 2
-    again = subprocess.run(_cli("sweep", str(path), "--out", str(store), "--chunk-size", "1", "--no-progress"),
-                           env=subprocess_env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        _cli("sweep", str(path), "--out", str(store), "--chunk-size", "1", "--no-progress"),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2, again.stderr
     assert again.stderr.strip().count("\n") == 0 and again.stderr.startswith("error: ") and "--resume" in again.stderr
     # --resume finishes the rest (the chunk size comes from the store)
-    resumed = subprocess.run(_cli("sweep", str(path), "--out", str(store), "--resume", "--no-progress"),
-                             env=subprocess_env, capture_output=True, text=True, timeout=180)
+    resumed = subprocess.run(
+        _cli("sweep", str(path), "--out", str(store), "--resume", "--no-progress"),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _done(store) == set(range(total))
     straight = run(load_config(cfg), None, chunk_size=1, progress=False)
@@ -191,8 +226,9 @@ def test_nan_isolation():
     expected[:, 1, :] = True
     np.testing.assert_array_equal(diverged, expected)
     assert np.isnan(ds["old_weight"].sel(learning_rate=1e6).isel(step=-1).values).all()
-    good = forget_jax.sweep({**cfg, "grid": {"separation": [2.0, 4.0], "learning_rate": [0.05]}},
-                            chunk_size=4, progress=False)
+    good = forget_jax.sweep(
+        {**cfg, "grid": {"separation": [2.0, 4.0], "learning_rate": [0.05]}}, chunk_size=4, progress=False
+    )
     assert not good["diverged"].values.any()
     _assert_same(ds.sel(learning_rate=[0.05]), good)
     assert np.isfinite(good["old_weight"].values).all()
@@ -245,13 +281,15 @@ def test_shards_fill_one_store(spec, reference, tmp_path):
     path = _write_cfg(tmp_path / "grid.yaml", GRID_CFG)
     store = tmp_path / "sharded.zarr"
     runner = CliRunner()
-    first = runner.invoke(app, ["sweep", str(path), "--out", str(store), "--shard", "0/2", "--chunk-size", "3",
-                                "--no-progress"])
+    first = runner.invoke(
+        app, ["sweep", str(path), "--out", str(store), "--shard", "0/2", "--chunk-size", "3", "--no-progress"]
+    )
     assert first.exit_code == 0, first.output
     partial = xr.open_zarr(store)["completed"].values
     assert 0 < partial.sum() < partial.size
-    second = runner.invoke(app, ["sweep", str(path), "--out", str(store), "--shard", "1/2", "--chunk-size", "3",
-                                 "--no-progress"])
+    second = runner.invoke(
+        app, ["sweep", str(path), "--out", str(store), "--shard", "1/2", "--chunk-size", "3", "--no-progress"]
+    )
     assert second.exit_code == 0, second.output
     assert "12/12 configurations done" in second.output
     _assert_same(reference, xr.open_zarr(store))
@@ -301,13 +339,16 @@ def test_process_waits_for_a_store_being_created(spec, reference, tmp_path):
 def test_import_and_load_config_leave_the_backend_alone(subprocess_env):
     """`jax.distributed.initialize` must run before the XLA backend starts: importing forget_jax
     (e.g. a module-level jnp constant) or loading a config must not start it."""
-    code = ("import forget_jax, forget_jax.cli, forget_jax.runner, forget_jax.store\n"
-            "from forget_jax.config import load_config\n"
-            "load_config('configs/quickstart.yaml')\n"
-            "from jax._src import xla_bridge\n"
-            "assert not xla_bridge.backends_are_initialized(), 'XLA backend initialised at import time'\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import forget_jax, forget_jax.cli, forget_jax.runner, forget_jax.store\n"
+        "from forget_jax.config import load_config\n"
+        "load_config('configs/quickstart.yaml')\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'XLA backend initialised at import time'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -318,10 +359,29 @@ def test_distributed_two_processes(reference, tmp_path, subprocess_env):
     procs, logs = [], []
     for i in range(2):
         logs.append(tmp_path / f"process{i}.log")
-        procs.append(subprocess.Popen(
-            _cli("sweep", str(path), "--out", str(store), "--chunk-size", "3", "--no-progress", "--distributed",
-                 "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
-            env=subprocess_env, stdout=logs[-1].open("w"), stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                _cli(
+                    "sweep",
+                    str(path),
+                    "--out",
+                    str(store),
+                    "--chunk-size",
+                    "3",
+                    "--no-progress",
+                    "--distributed",
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                ),
+                env=subprocess_env,
+                stdout=logs[-1].open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
     try:
         codes = [p.wait(timeout=240) for p in procs]
     finally:
@@ -355,8 +415,10 @@ def test_rerun_without_resume_and_other_config_rejected(spec, stored, tmp_path):
     path = _write_cfg(tmp_path / "grid.yaml", GRID_CFG)
     other_path = _write_cfg(tmp_path / "other.yaml", {**GRID_CFG, "steps": 40})
     runner = CliRunner()
-    for args, needle in ((["sweep", str(path), "--out", str(stored)], "--resume"),
-                         (["sweep", str(other_path), "--out", str(stored), "--resume"], "different sweep")):
+    for args, needle in (
+        (["sweep", str(path), "--out", str(stored)], "--resume"),
+        (["sweep", str(other_path), "--out", str(stored), "--resume"], "different sweep"),
+    ):
         result = runner.invoke(app, [*args, "--no-progress"])
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
@@ -368,10 +430,13 @@ def test_rerun_without_resume_and_other_config_rejected(spec, stored, tmp_path):
 # (h) the chen2025 preset from configs/chen2025.yaml
 
 
-@pytest.mark.parametrize("name, objective, rates", [
-    ("chen2025.yaml", "chen2025_fkl", [0.15, 0.01]),  # FWD_LR
-    ("chen2025_rkl.yaml", "chen2025_rkl", None),  # REV_LR = [0.01], the preset's default
-])
+@pytest.mark.parametrize(
+    "name, objective, rates",
+    [
+        ("chen2025.yaml", "chen2025_fkl", [0.15, 0.01]),  # FWD_LR
+        ("chen2025_rkl.yaml", "chen2025_rkl", None),  # REV_LR = [0.01], the preset's default
+    ],
+)
 def test_chen2025_config_runs(tmp_path, name, objective, rates):
     raw = yaml.safe_load((ROOT / "configs" / name).read_text())
     raw.update(steps=4, batch_size=200, seeds=2)  # shortened: CRNC25 runs 200 steps of 1000 samples

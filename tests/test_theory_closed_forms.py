@@ -41,12 +41,16 @@ def quad(fn, lo, hi, points=()):
 def test_bhattacharyya_matches_quadrature(delta):
     """docs/science/claims.md fact 1 (docs/science/model.md D3): BC = int sqrt(N(x;0,1) N(x;Delta,1)) dx = exp(-Delta^2/8),
     theory.bhattacharyya against scipy quad to 1e-8."""
-    reference = quad(lambda x: math.sqrt(stats.norm.pdf(x) * stats.norm.pdf(x, delta)),
-                     delta / 2 - 40, delta / 2 + 40, points=[delta / 2])
+    reference = quad(
+        lambda x: math.sqrt(stats.norm.pdf(x) * stats.norm.pdf(x, delta)),
+        delta / 2 - 40,
+        delta / 2 + 40,
+        points=[delta / 2],
+    )
     with jax.enable_x64(True):
         engine = float(theory.bhattacharyya(jnp.float64(delta)))
     assert abs(engine - reference) < 1e-8
-    assert abs(engine - math.exp(-delta**2 / 8)) < 1e-12
+    assert abs(engine - math.exp(-(delta**2) / 8)) < 1e-12
 
 
 def test_bhattacharyya_example_and_multivariate_scale():
@@ -59,8 +63,12 @@ def test_bhattacharyya_example_and_multivariate_scale():
     reference = 1.0
     for a, b in zip(m1, m2):
         mid = (a + b) / 2
-        reference *= quad(lambda x: math.sqrt(stats.norm.pdf(x, a, s) * stats.norm.pdf(x, b, s)),
-                          mid - 40 * s, mid + 40 * s, points=[mid])
+        reference *= quad(
+            lambda x: math.sqrt(stats.norm.pdf(x, a, s) * stats.norm.pdf(x, b, s)),
+            mid - 40 * s,
+            mid + 40 * s,
+            points=[mid],
+        )
     assert abs(engine - reference) < 1e-10
 
 
@@ -78,10 +86,14 @@ def reference_misassignment(beta, delta):
     the decision boundary by root finding, the hard errors as Gaussian tail masses beyond it, the
     soft error E_{N(0,1)}[w_n] by quadrature."""
     boundary = optimize.brentq(lambda x: _log_odds_new(x, beta, delta), -60, 60, xtol=1e-14, rtol=1e-15)
-    hard_on = stats.norm.sf(boundary)             # old samples on the new side
-    hard_no = stats.norm.cdf(boundary - delta)    # new samples on the old side
-    soft = quad(lambda x: stats.norm.pdf(x) * special.expit(_log_odds_new(x, beta, delta)),
-                -40, delta + 40, points=[0.0, boundary, delta])
+    hard_on = stats.norm.sf(boundary)  # old samples on the new side
+    hard_no = stats.norm.cdf(boundary - delta)  # new samples on the old side
+    soft = quad(
+        lambda x: stats.norm.pdf(x) * special.expit(_log_odds_new(x, beta, delta)),
+        -40,
+        delta + 40,
+        points=[0.0, boundary, delta],
+    )
     return hard_on, hard_no, soft
 
 
@@ -113,7 +125,7 @@ def test_misassignment_closed_forms_and_bounds(beta, delta):
     np.testing.assert_allclose(e_no, hard_no, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(e_soft, soft, rtol=1e-5 if delta <= 4 else 1e-4, atol=1e-14)
 
-    bc = math.exp(-delta**2 / 8)
+    bc = math.exp(-(delta**2) / 8)
     np.testing.assert_allclose(hard_bound, math.sqrt((1 - beta) / beta) * bc, rtol=1e-12)
     np.testing.assert_allclose(soft_bound, 0.5 * math.sqrt((1 - beta) / beta) * bc, rtol=1e-12)
     np.testing.assert_allclose(bayes_bound, math.sqrt(beta * (1 - beta)) * bc, rtol=1e-12)
@@ -154,9 +166,15 @@ def test_general_hard_misassignment_against_monte_carlo():
 # Fact 10 (closed-form half): starvation probability and the batch size that bounds it (D6, T6)
 
 
-@pytest.mark.parametrize(("beta", "lam", "batch", "quoted"), [
-    (0.05, 0.1, 8, 0.2856), (0.05, 0.0, 8, 0.6634), (0.05, 0.1, 32, 0.0067), (0.3, 0.5, 4, None),
-])
+@pytest.mark.parametrize(
+    ("beta", "lam", "batch", "quoted"),
+    [
+        (0.05, 0.1, 8, 0.2856),
+        (0.05, 0.0, 8, 0.6634),
+        (0.05, 0.1, 32, 0.0067),
+        (0.3, 0.5, 4, None),
+    ],
+)
 def test_starvation_probability_against_monte_carlo(beta, lam, batch, quoted):
     """docs/science/claims.md fact 10 (docs/science/model.md D6): P(no old-mode sample among B) = ((1-lambda)(1-beta))^B,
     theory.starvation_probability against a NumPy Monte Carlo over component labels
@@ -196,6 +214,7 @@ def test_batch_size_for_starvation_is_minimal(beta, lam, delta):
 def reference_fisher(delta, beta, weight_param="logit"):
     """I(theta*) = E_{p*}[s s^T], theta = (logit beta or beta, m_o, m_n), p* = beta N(0,1) +
     (1-beta) N(Delta,1), scores of docs/science/model.md section 1, each entry by scipy quad."""
+
     def integrand(x, i, j):
         n_o, n_n = stats.norm.pdf(x), stats.norm.pdf(x, delta)
         q = beta * n_o + (1 - beta) * n_n
@@ -207,22 +226,31 @@ def reference_fisher(delta, beta, weight_param="logit"):
     fisher = np.empty((3, 3))
     for i in range(3):
         for j in range(i, 3):
-            fisher[i, j] = fisher[j, i] = quad(lambda x: integrand(x, i, j), -30, delta + 30,
-                                               points=[0.0, delta / 2, delta])
+            fisher[i, j] = fisher[j, i] = quad(
+                lambda x: integrand(x, i, j), -30, delta + 30, points=[0.0, delta / 2, delta]
+            )
     return fisher
 
 
 @pytest.fixture(scope="module")
 def engine_hessians():
     """analysis.rkl_hessian (jax.hessian of the engine's population objective) for the cases below."""
-    cases = [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"), (4.0, 0.3, "logit"),
-             (4.0, 0.5, "direct"), (8.0, 0.5, "logit"), (10.0, 0.5, "logit")]
+    cases = [
+        (2.0, 0.5, "logit"),
+        (4.0, 0.5, "logit"),
+        (6.0, 0.5, "logit"),
+        (4.0, 0.3, "logit"),
+        (4.0, 0.5, "direct"),
+        (8.0, 0.5, "logit"),
+        (10.0, 0.5, "logit"),
+    ]
     with jax.enable_x64(True):
         return {c: np.asarray(analysis.rkl_hessian(c[0], c[1], weight_param=c[2])) for c in cases}
 
 
-@pytest.mark.parametrize("case", [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"),
-                                  (4.0, 0.3, "logit"), (4.0, 0.5, "direct")])
+@pytest.mark.parametrize(
+    "case", [(2.0, 0.5, "logit"), (4.0, 0.5, "logit"), (6.0, 0.5, "logit"), (4.0, 0.3, "logit"), (4.0, 0.5, "direct")]
+)
 def test_rkl_hessian_equals_fisher(engine_hessians, case):
     """docs/science/claims.md fact 8 (T5): the Hessian of KL(q_theta || p*) at theta* (engine,
     Gauss-Hermite order 64) equals the Fisher information computed here by scipy quad. Tolerance

@@ -4,6 +4,8 @@ baseline and the frame for population quadrature."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -46,8 +48,9 @@ def leave_one_out_mean(values: Float[Array, " B"], weights: Float[Array, " B"] |
     return jnp.where(total_w > 0, total_v / jnp.where(total_w > 0, total_w, 1.0), 0.0)
 
 
-def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixture, ...]:
-    """Project mixtures onto the separation axis e_1 (k = 1) for population quadrature.
+def population_frame(mixtures: tuple[Any, ...], setup: Setup) -> tuple[Any, ...]:
+    """Project mixtures (anything with `project(basis, origin)`: a `Mixture`, the SDFT teacher)
+    onto the separation axis e_1 (k = 1) for population quadrature.
 
     Exact in d = 1; in d > 1 exact when every mean lies on the axis and scales are equal, which
     population dynamics preserve (inits are offsets along e_1 and the gradient's orthogonal part
@@ -57,7 +60,9 @@ def population_frame(mixtures: tuple[Mixture, ...], setup: Setup) -> tuple[Mixtu
     return tuple(m.project(basis, origin) for m in mixtures)
 
 
-def component_draws(mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Float[Array, "B d"]]:
+def component_draws(
+    mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup
+) -> tuple[Float[Array, "B d"], Float[Array, "B d"]]:
     """Both components of a mixture at the same B standard-normal draws eps (stratified sampling,
     docs/science/objectives.md): (m_o + s_o eps, m_n + s_n eps). Differentiable in the means and
     scales (reparameterised); pass a stop-gradient mixture for samples that are not a function of
@@ -66,8 +71,9 @@ def component_draws(mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup) -> 
     return mixture.old_mean + mixture.old_scale * eps, mixture.new_mean + mixture.new_scale * eps
 
 
-def draw_ancestral(mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKeyArray,
-                   setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
+def draw_ancestral(
+    mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKeyArray, setup: Setup
+) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
     """B ancestral draws of a two-component mixture (docs/science/methods.md section 0, regime (i)): label
     z ~ Bern(beta) (True = old component) from `label_key`, then x = m_z + s_z eps with eps from
     `noise_key`. Returns (x, is_old). The label is not differentiable; x is reparameterised within
@@ -78,7 +84,9 @@ def draw_ancestral(mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKey
     return jnp.where(is_old[:, None], x_old, x_new), is_old
 
 
-def sample_ancestral(mixture: Mixture, key: PRNGKeyArray, setup: Setup) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
+def sample_ancestral(
+    mixture: Mixture, key: PRNGKeyArray, setup: Setup
+) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
     """`draw_ancestral` with the label and noise keys split from one key."""
     label_key, noise_key = jax.random.split(key)
     return draw_ancestral(mixture, label_key, noise_key, setup)

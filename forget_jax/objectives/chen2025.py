@@ -28,9 +28,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import fields
 from .._types import PRNGKeyArray, Scalar
 from ..gaussian import log_normal
-from .. import fields
 from ..model import LearnerParams, learner_mixture, target_mixture, training_mixture
 from ..presets import chen2025_config
 from ..spec import Hyper, Setup
@@ -44,8 +44,9 @@ sg = jax.lax.stop_gradient
 TINY = 1e-12
 
 
-def chen2025_fkl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-                 companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
+def chen2025_fkl(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(log(q_theta(x) + 1e-12)), x ~ p_train (ancestral; their preset has
     lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`."""
     if setup.estimator == "population" or setup.sampling != "ancestral":
@@ -59,8 +60,9 @@ def chen2025_fkl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKey
     return -jnp.mean(floored), Estimate(sg(loss), ~jnp.any(replayed), jnp.ones((), setup.dtype))
 
 
-def chen2025_reinforce(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-                       companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
+def chen2025_reinforce(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component)."""
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
@@ -85,11 +87,33 @@ def _monte_carlo_rule(v) -> str | None:
 
 _RULE = fields.Rule(("objective", "estimator"), _monte_carlo_rule, "the CRNC25 estimators are Monte Carlo")
 
-CHEN2025_FKL = register(Objective(
-    "chen2025_fkl", chen2025_fkl, "CRNC25's forward-KL estimator with their 1e-12 density floor (objectives.md, studies.md)",
-    rules=(_RULE,), preset=chen2025_config("chen2025_fkl"), supports_replay=True))
-CHEN2025_RKL = register(Objective(
-    "chen2025_rkl", chen2025_reinforce, "CRNC25's surrogate REINFORCE (not grad KL; objectives.md, studies.md)",
-    fields=(fields.Field("reward_temperature", "traced", 0.1, "CRNC25's REINFORCE_BETA tau of the surrogate reward",
-                         gt=0, symbol="τ", objective=("chen2025_rkl",)),),
-    rules=(_RULE,), preset=chen2025_config("chen2025_rkl")))
+CHEN2025_FKL = register(
+    Objective(
+        "chen2025_fkl",
+        chen2025_fkl,
+        "CRNC25's forward-KL estimator with their 1e-12 density floor (objectives.md, studies.md)",
+        rules=(_RULE,),
+        preset=chen2025_config("chen2025_fkl"),
+        supports_replay=True,
+    )
+)
+CHEN2025_RKL = register(
+    Objective(
+        "chen2025_rkl",
+        chen2025_reinforce,
+        "CRNC25's surrogate REINFORCE (not grad KL; objectives.md, studies.md)",
+        fields=(
+            fields.Field(
+                "reward_temperature",
+                "traced",
+                0.1,
+                "CRNC25's REINFORCE_BETA tau of the surrogate reward",
+                gt=0,
+                symbol="τ",
+                objective=("chen2025_rkl",),
+            ),
+        ),
+        rules=(_RULE,),
+        preset=chen2025_config("chen2025_rkl"),
+    )
+)

@@ -18,8 +18,9 @@ from ._common import Estimate, component_draws, population_frame, sample_ancestr
 from .registry import Objective, register
 
 
-def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-               companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
+def forward_kl(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
     r"""Surrogate whose gradient is the (estimated) gradient of KL(p_train || q_theta).
 
     * population: the exact KL by Gauss-Hermite quadrature under p_train.
@@ -60,6 +61,11 @@ def forward_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyAr
     return surrogate, Estimate(loss, no_old_data, one)
 
 
-FORWARD_KL = register(Objective(
-    "fkl", forward_kl, "SFT: KL(p_train || q) on new data plus replay (objectives.md; claims.md T1, T2)",
-    supports_replay=True))
+FORWARD_KL = register(
+    Objective(
+        "fkl",
+        forward_kl,
+        "SFT: KL(p_train || q) on new data plus replay (objectives.md; claims.md T1, T2)",
+        supports_replay=True,
+    )
+)

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from .. import fields
 from .._types import PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_expectation
-from .. import fields
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
 from ._common import Estimate, population_frame, project_frame, sample_ancestral
@@ -49,8 +49,9 @@ from .reward import reward_function
 sg = jax.lax.stop_gradient
 
 
-def oapl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-         companion: LearnerParams) -> tuple[Scalar, Estimate]:
+def oapl(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
     """Surrogate (= the regression loss itself) on lagged-policy samples; see module doc."""
     q = learner_mixture(params, setup)
     lag = sg(learner_mixture(companion, setup))
@@ -78,21 +79,53 @@ def oapl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
     return loss, Estimate(sg(loss), ~jnp.any(is_old), one)
 
 
-def sync_lagged_policy(companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup) -> LearnerParams:
+def sync_lagged_policy(
+    companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup
+) -> LearnerParams:
     """theta_lag <- theta after every L-th step (step = number of steps done)."""
-    lag = jnp.maximum(jnp.round(hyper.oapl_lag), 1.0).astype(jnp.int32)
+    step = jnp.asarray(step)
+    lag = jnp.maximum(jnp.round(hyper.oapl_lag), 1.0).astype(step.dtype)
     sync = jnp.mod(step, lag) == 0
     return jax.tree.map(lambda c, p: jnp.where(sync, p, c), companion, params)
 
 
-OAPL = register(Objective(
-    "oapl", oapl, "squared optimal-advantage regression on lagged-policy samples (methods.md C; claims.md T9)",
-    fields=(
-        fields.Field("oapl_lag", "traced", 10.0, "steps L between syncs of the lagged policy", ge=1, le=1e9, whole=True,
-                     symbol="L", label="OAPL lag", objective=("oapl",)),
-        fields.Field("oapl_beta1", "traced", 1.0, "temperature beta_1 of V_hat = beta_1 log mean exp(r / beta_1)", gt=0,
-                     symbol="β₁", objective=("oapl",)),
-        fields.Field("oapl_beta2", "traced", 1.0, "KL coefficient beta_2 of the regression (code: 1e-3)", gt=0,
-                     symbol="β₂", objective=("oapl",)),
-    ),
-    companion_update=sync_lagged_policy))
+OAPL = register(
+    Objective(
+        "oapl",
+        oapl,
+        "squared optimal-advantage regression on lagged-policy samples (methods.md C; claims.md T9)",
+        fields=(
+            fields.Field(
+                "oapl_lag",
+                "traced",
+                10.0,
+                "steps L between syncs of the lagged policy",
+                ge=1,
+                le=1e9,
+                whole=True,
+                symbol="L",
+                label="OAPL lag",
+                objective=("oapl",),
+            ),
+            fields.Field(
+                "oapl_beta1",
+                "traced",
+                1.0,
+                "temperature beta_1 of V_hat = beta_1 log mean exp(r / beta_1)",
+                gt=0,
+                symbol="β₁",
+                objective=("oapl",),
+            ),
+            fields.Field(
+                "oapl_beta2",
+                "traced",
+                1.0,
+                "KL coefficient beta_2 of the regression (code: 1e-3)",
+                gt=0,
+                symbol="β₂",
+                objective=("oapl",),
+            ),
+        ),
+        companion_update=sync_lagged_policy,
+    )
+)

@@ -23,14 +23,16 @@ from typing import Any, Protocol
 
 from .. import fields
 from .._types import PRNGKeyArray, Scalar
+from ..fields import Field, Rule
 from ..model import LearnerParams
 from ..spec import Hyper, Setup
 from ._common import Estimate
 
 
 class Loss(Protocol):
-    def __call__(self, params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-                 companion: LearnerParams) -> tuple[Scalar, Estimate]: ...
+    def __call__(
+        self, params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+    ) -> tuple[Scalar, Estimate]: ...
 
 
 CompanionUpdate = Callable[[LearnerParams, LearnerParams, Any, Hyper, Setup], LearnerParams]
@@ -59,8 +61,8 @@ class Objective:
     name: str
     loss: Loss
     doc: str = ""
-    fields: tuple[fields.Field, ...] = ()
-    rules: tuple[fields.Rule, ...] = ()
+    fields: tuple[Field, ...] = ()
+    rules: tuple[Rule, ...] = ()
     companion_update: CompanionUpdate = keep_companion
     preset: Mapping[str, Any] | None = None
     supports_replay: bool = False
@@ -73,12 +75,14 @@ def _replay_rule(v: Mapping[str, Any]) -> str | None:
     objective = OBJECTIVES.get(v["objective"])
     if objective is not None and not objective.supports_replay and v["replay_ratio"] > 0:
         with_replay = " / ".join(k for k, o in OBJECTIVES.items() if o.supports_replay)
-        return (f"replay_ratio={v['replay_ratio']} has no meaning under objective={v['objective']} "
-                f"(replay is defined for {with_replay} only); set replay_ratio=0")
+        return (
+            f"replay_ratio={v['replay_ratio']} has no meaning under objective={v['objective']} "
+            f"(replay is defined for {with_replay} only); set replay_ratio=0"
+        )
     return None
 
 
-fields.add_rule(fields.Rule(("objective", "replay_ratio"), _replay_rule, "replay needs an objective that reads it"))
+fields.add_rule(Rule(("objective", "replay_ratio"), _replay_rule, "replay needs an objective that reads it"))
 
 
 def register(objective: Objective) -> Objective:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import fields
 from .._types import PRNGKeyArray, Scalar
 from ..divergence import kl_divergence, mixture_expectation
 from ..model import LearnerParams, Mixture, learner_mixture, old_task, target_mixture
 from ..spec import Hyper, Setup
-from .. import fields
 from ._common import Estimate, bernoulli, component_draws, draw_ancestral, leave_one_out_mean, population_frame
 from .registry import Objective, register
 
@@ -52,16 +52,23 @@ def population_reverse_kl(q: Mixture, target, order: int) -> Scalar:
     return mixture_expectation(q, lambda x: q_fixed.log_prob(x) - target.log_prob(x), order)
 
 
-def reverse_kl(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-               companion: LearnerParams | None = None) -> tuple[Scalar, Estimate]:
+def reverse_kl(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc.
     `companion` is unused."""
     target = target_mixture(hyper, setup)
     return reverse_kl_to(learner_mixture(params, setup), target, setup, key, hyper.replay_ratio, old_task(target))
 
 
-def reverse_kl_to(q: Mixture, target, setup: Setup, key: PRNGKeyArray, replay_ratio: Scalar | None = None,
-                  p_old: Mixture | None = None) -> tuple[Scalar, Estimate]:
+def reverse_kl_to(
+    q: Mixture,
+    target,
+    setup: Setup,
+    key: PRNGKeyArray,
+    replay_ratio: Scalar | None = None,
+    p_old: Mixture | None = None,
+) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient estimates grad KL(q || target) for any fixed `target` with
     `log_prob` and `project` (p* for `rkl`, the SDFT teacher for `sdft`): population, or Monte
     Carlo pathwise / score, ancestral / stratified (module doc). Replay (T6) only when
@@ -130,16 +137,28 @@ def _replay_estimator_rule(v) -> str | None:
     if v["objective"] != "rkl" or v["replay_ratio"] <= 0:
         return None
     if v["estimator"] == "pathwise":
-        return (f"replay_ratio={v['replay_ratio']} under objective=rkl with estimator='pathwise' is not allowed: "
-                "needs estimator=score or population "
-                "(a replayed sample is not a function of theta, so the pathwise estimator cannot use it; T6)")
+        return (
+            f"replay_ratio={v['replay_ratio']} under objective=rkl with estimator='pathwise' is not allowed: "
+            "needs estimator=score or population "
+            "(a replayed sample is not a function of theta, so the pathwise estimator cannot use it; T6)"
+        )
     if v["estimator"] == "score" and v["sampling"] == "stratified":
         return "replay_ratio > 0 under objective=rkl needs sampling=ancestral (replay is a proposal for ancestral sampling)"
     return None
 
 
-REVERSE_KL = register(Objective(
-    "rkl", reverse_kl, "on-policy RL: KL(q || p*), replay through a bounded-weight proposal (objectives.md; claims.md T3-T6)",
-    rules=(fields.Rule(("objective", "replay_ratio", "estimator", "sampling"), _replay_estimator_rule,
-                       "rkl replay needs the score estimator with ancestral sampling (or population)"),),
-    supports_replay=True))
+REVERSE_KL = register(
+    Objective(
+        "rkl",
+        reverse_kl,
+        "on-policy RL: KL(q || p*), replay through a bounded-weight proposal (objectives.md; claims.md T3-T6)",
+        rules=(
+            fields.Rule(
+                ("objective", "replay_ratio", "estimator", "sampling"),
+                _replay_estimator_rule,
+                "rkl replay needs the score estimator with ancestral sampling (or population)",
+            ),
+        ),
+        supports_replay=True,
+    )
+)

@@ -47,11 +47,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import fields
 from .._types import Array, Float, PRNGKeyArray, Scalar
 from ..divergence import mixture_expectation
-from ..gaussian import log_normal
-from .. import fields
-from ..gaussian import logit
+from ..gaussian import log_normal, logit
 from ..model import LearnerParams, Mixture, learner_mixture, target_mixture
 from ..spec import Hyper, Setup
 from ._common import Estimate, component_draws, population_frame, sample_ancestral
@@ -70,11 +69,11 @@ class Teacher(eqx.Module):
     anchor: Mixture
     anchor_weight: Scalar
 
-    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, "..."]:
+    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
         a = self.anchor_weight
         return jnp.logaddexp(jnp.log1p(-a) + self.base.log_prob(x), jnp.log(a) + self.anchor.log_prob(x))
 
-    def project(self, basis, origin) -> "Teacher":
+    def project(self, basis, origin) -> Teacher:
         return Teacher(self.base.project(basis, origin), self.anchor.project(basis, origin), self.anchor_weight)
 
     def expectation(self, fn, order: int) -> Scalar:
@@ -93,8 +92,11 @@ def teacher(companion: LearnerParams, hyper: Hyper, setup: Setup) -> Teacher:
     a = hyper.teacher_anchor
     zero = jnp.zeros((), setup.dtype)
     if setup.sdft_conditioning == "anchor_density":
-        p_c = target if setup.sdft_demo == "target" else Mixture(zero, target.old_mean, target.new_mean,
-                                                                 target.old_scale, target.new_scale)
+        p_c = (
+            target
+            if setup.sdft_demo == "target"
+            else Mixture(zero, target.old_mean, target.new_mean, target.old_scale, target.new_scale)
+        )
         return Teacher(phi, p_c, jnp.asarray(a, setup.dtype))
     if setup.sdft_conditioning == "bayes_icl":
         tau2 = jnp.square(hyper.sdft_demo_scale)
@@ -113,8 +115,9 @@ def ema_teacher(companion: LearnerParams, params: LearnerParams, step, hyper: Hy
     return jax.tree.map(lambda c, p: (1 - alpha) * c + alpha * p, companion, params)
 
 
-def sdft(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-         companion: LearnerParams) -> tuple[Scalar, Estimate]:
+def sdft(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient estimates grad_theta of the SDFT loss toward T = Cond(q_phi, c)."""
     q = learner_mixture(params, setup)
     t = teacher(companion, hyper, setup)
@@ -151,27 +154,81 @@ def _forward(q: Mixture, t: Teacher, cap: Scalar, setup: Setup, key: PRNGKeyArra
     return -lq, Estimate(loss, ~jnp.any(is_old), w_max)
 
 
-SDFT = register(Objective(
-    "sdft", sdft, "self-distillation to an EMA teacher T = Cond(q_phi, demo) (methods.md A; claims.md T7)",
-    fields=(
-        fields.Field("sdft_conditioning", "static", "anchor_component",
-                     "teacher T = Cond(EMA student q_phi, demo at mu_n*): teacher new mean (1-a) m_n + a mu_n* "
-                     "(`anchor_component`), (1-a) q_phi + a p_c (`anchor_density`), or the weight reweighted by the "
-                     "demo likelihood (`bayes_icl`) (docs/science/methods.md A)", type=str,
-                     choices=("anchor_component", "anchor_density", "bayes_icl"), objective=("sdft",)),
-        fields.Field("sdft_direction", "static", "reverse", "loss KL(q || T) (`reverse`, BK26's analysis) or "
-                     "KL(T || q) (`forward`, SDFT's runs)", type=str, choices=("reverse", "forward"),
-                     objective=("sdft",)),
-        fields.Field("sdft_demo", "static", "new", "p_c of `anchor_density`: p_new* (`new`) or p* (`target`)",
-                     type=str, choices=("new", "target"), objective=("sdft",)),
-        fields.Field("teacher_ema", "traced", 0.01, "EMA rate alpha of the teacher weights, phi <- (1-alpha) phi + "
-                     "alpha theta every step (paper 0.01)", ge=0, le=1, symbol="α_ema", label="teacher EMA rate",
-                     objective=("sdft",)),
-        fields.Field("teacher_anchor", "traced", 0.1, "anchor strength a of `anchor_component` / `anchor_density`",
-                     ge=0, le=1, symbol="a", objective=("sdft",)),
-        fields.Field("sdft_demo_scale", "traced", 1.0, "`bayes_icl` demo noise tau_c in rho_k = N(c; m_k, s^2 + tau_c^2)",
-                     ge=0, symbol="τ_c", objective=("sdft",)),
-        fields.Field("sdft_is_cap", "traced", 2.0, "cap C of the forward Monte Carlo weights min(T/q, C)", gt=0,
-                     symbol="C", objective=("sdft",)),
-    ),
-    companion_update=ema_teacher))
+SDFT = register(
+    Objective(
+        "sdft",
+        sdft,
+        "self-distillation to an EMA teacher T = Cond(q_phi, demo) (methods.md A; claims.md T7)",
+        fields=(
+            fields.Field(
+                "sdft_conditioning",
+                "static",
+                "anchor_component",
+                "teacher T = Cond(EMA student q_phi, demo at mu_n*): teacher new mean (1-a) m_n + a mu_n* "
+                "(`anchor_component`), (1-a) q_phi + a p_c (`anchor_density`), or the weight reweighted by the "
+                "demo likelihood (`bayes_icl`) (docs/science/methods.md A)",
+                type=str,
+                choices=("anchor_component", "anchor_density", "bayes_icl"),
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "sdft_direction",
+                "static",
+                "reverse",
+                "loss KL(q || T) (`reverse`, BK26's analysis) or KL(T || q) (`forward`, SDFT's runs)",
+                type=str,
+                choices=("reverse", "forward"),
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "sdft_demo",
+                "static",
+                "new",
+                "p_c of `anchor_density`: p_new* (`new`) or p* (`target`)",
+                type=str,
+                choices=("new", "target"),
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "teacher_ema",
+                "traced",
+                0.01,
+                "EMA rate alpha of the teacher weights, phi <- (1-alpha) phi + alpha theta every step (paper 0.01)",
+                ge=0,
+                le=1,
+                symbol="α_ema",
+                label="teacher EMA rate",
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "teacher_anchor",
+                "traced",
+                0.1,
+                "anchor strength a of `anchor_component` / `anchor_density`",
+                ge=0,
+                le=1,
+                symbol="a",
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "sdft_demo_scale",
+                "traced",
+                1.0,
+                "`bayes_icl` demo noise tau_c in rho_k = N(c; m_k, s^2 + tau_c^2)",
+                ge=0,
+                symbol="τ_c",
+                objective=("sdft",),
+            ),
+            fields.Field(
+                "sdft_is_cap",
+                "traced",
+                2.0,
+                "cap C of the forward Monte Carlo weights min(T/q, C)",
+                gt=0,
+                symbol="C",
+                objective=("sdft",),
+            ),
+        ),
+        companion_update=ema_teacher,
+    )
+)

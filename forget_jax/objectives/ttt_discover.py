@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from .. import fields
 from .._types import Array, Float, PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_nodes
-from .. import fields
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
 from ._common import Estimate, population_frame, project_frame, sample_ancestral
@@ -55,7 +55,9 @@ DOUBLINGS = 21  # 1, 2, ..., 2^20 >= ETA_MAX
 BISECTIONS = 60
 
 
-def tilt_kl(eta: Float[Array, "..."], rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"]) -> Float[Array, "..."]:
+def tilt_kl(
+    eta: Float[Array, ...], rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"]
+) -> Float[Array, ...]:
     r"""KL(p_eta || p_0) with p_0 = exp(log_weights) (normalised) and p_eta ∝ p_0 e^{eta r}:
 
     KL = sum_i p_eta,i eta (r_i - r_max) - log sum_i p_0,i e^{eta (r_i - r_max)}
@@ -72,7 +74,7 @@ def tilt_kl(eta: Float[Array, "..."], rewards: Float[Array, "... n"], log_weight
     return jnp.sum(jnp.where(p > 0, p * shifted, 0.0), axis=-1) - log_z[..., 0]
 
 
-def solve_eta(rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"], budget: Scalar) -> Float[Array, "..."]:
+def solve_eta(rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"], budget: Scalar) -> Float[Array, ...]:
     """eta >= 0 with KL(p_eta || p_0) = budget (docs/science/methods.md B step 1): hi = 1, 2, 4, ... until the KL
     reaches the budget (capped at 1e6, returned when never reached), then 60 bisection steps on
     [hi / 2, hi] ([0, 1] if hi = 1). KL is non-decreasing in eta. Not differentiated."""
@@ -111,8 +113,9 @@ def leave_one_out_log_weights(logits: Float[Array, "g G"]) -> Float[Array, "g G"
     return logits - log_z
 
 
-def ttt_discover(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray,
-                 companion: LearnerParams) -> tuple[Scalar, Estimate]:
+def ttt_discover(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient estimates -grad (J - lambda KL(q || q_ref)); see module doc."""
     q = learner_mixture(params, setup)
     ref = sg(learner_mixture(companion, setup))
@@ -150,19 +153,53 @@ def ttt_discover(params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKey
     return surrogate, Estimate(sg(loss), ~jnp.any(is_old), sg(jnp.max(weights)))
 
 
-TTT_DISCOVER = register(Objective(
-    "ttt_discover", ttt_discover,
-    "entropic utility log E_q[e^{eta R}] with leave-one-out weights, KL-anchored to q_ref = theta(0) "
-    "(methods.md B; claims.md T8)",
-    fields=(
-        fields.Field("adaptive_eta", "static", True, "eta per group by bisection to KL(softmax(eta r) || uniform) = "
-                     "`entropic_kl_budget` (population: KL(q_eta || q)); false uses `entropic_eta`", type=bool,
-                     objective=("ttt_discover",)),
-        fields.Field("entropic_eta", "traced", 2.0, "fixed eta of the entropic utility (adaptive_eta=false)", gt=0,
-                     le=1e6, symbol="η_ent", label="entropic eta", objective=("ttt_discover",)),
-        fields.Field("entropic_kl_budget", "traced", 0.6931471805599453, "adaptive-eta KL budget delta (ln 2)", gt=0,
-                     symbol="δ", default_text="ln 2", objective=("ttt_discover",)),
-        fields.Field("kl_penalty", "traced", 0.0, "lambda of the KL penalty to q_ref = theta(0)", ge=0, symbol="λ_KL",
-                     label="KL penalty", objective=("ttt_discover",)),
-    ),
-))
+TTT_DISCOVER = register(
+    Objective(
+        "ttt_discover",
+        ttt_discover,
+        "entropic utility log E_q[e^{eta R}] with leave-one-out weights, KL-anchored to q_ref = theta(0) "
+        "(methods.md B; claims.md T8)",
+        fields=(
+            fields.Field(
+                "adaptive_eta",
+                "static",
+                True,
+                "eta per group by bisection to KL(softmax(eta r) || uniform) = "
+                "`entropic_kl_budget` (population: KL(q_eta || q)); false uses `entropic_eta`",
+                type=bool,
+                objective=("ttt_discover",),
+            ),
+            fields.Field(
+                "entropic_eta",
+                "traced",
+                2.0,
+                "fixed eta of the entropic utility (adaptive_eta=false)",
+                gt=0,
+                le=1e6,
+                symbol="η_ent",
+                label="entropic eta",
+                objective=("ttt_discover",),
+            ),
+            fields.Field(
+                "entropic_kl_budget",
+                "traced",
+                0.6931471805599453,
+                "adaptive-eta KL budget delta (ln 2)",
+                gt=0,
+                symbol="δ",
+                default_text="ln 2",
+                objective=("ttt_discover",),
+            ),
+            fields.Field(
+                "kl_penalty",
+                "traced",
+                0.0,
+                "lambda of the KL penalty to q_ref = theta(0)",
+                ge=0,
+                symbol="λ_KL",
+                label="KL penalty",
+                objective=("ttt_discover",),
+            ),
+        ),
+    )
+)

@@ -53,16 +53,20 @@ def _run_sweeps(name: str, out: Path, quick: bool, progress: bool, verbose: bool
         ds, record = ensure_store(config, out / f"{store_name}.zarr", progress=progress)
         stores[store_name] = ds
         records.append(record)
-        _log(verbose, f"  {store_name}: {'reused' if record.reused else 'computed'} "
-                      f"({record.configs} configurations, {record.seconds:.1f} s)")
+        _log(
+            verbose,
+            f"  {store_name}: {'reused' if record.reused else 'computed'} "
+            f"({record.configs} configurations, {record.seconds:.1f} s)",
+        )
     prepare = getattr(study_module(name), "prepare", None)
     if prepare is not None:  # study-specific precomputation, still in the worker thread
         prepare(stores)
     return stores, records
 
 
-def run_studies(name: str, out, quick: bool = False, *, workers: int | None = None,
-                progress: bool = False, verbose: bool = True) -> dict:
+def run_studies(
+    name: str, out, quick: bool = False, *, workers: int | None = None, progress: bool = False, verbose: bool = True
+) -> dict:
     """Run one study (`name`) or all of them (`"all"`) into the folder `out`.
 
     Args:
@@ -95,7 +99,7 @@ def run_studies(name: str, out, quick: bool = False, *, workers: int | None = No
         for n in order:
             futures[pool.submit(_run_sweeps, n, out, quick, progress, verbose)] = (n, time.perf_counter())
         for future in as_completed(futures):
-            n, submitted = futures[future]
+            n, _submitted = futures[future]
             stores, records = future.result()
             ctx = Context(study=n, out=out, quick=quick)
             t0 = time.perf_counter()
@@ -103,10 +107,19 @@ def run_studies(name: str, out, quick: bool = False, *, workers: int | None = No
             declared = set(modules[n].CLAIMS)
             produced = [c.id for c in claims]
             if set(produced) != declared or len(produced) != len(declared):
-                raise RuntimeError(f"study {n}: produced claims {sorted(produced)} differ from declared {sorted(declared)}")
+                raise RuntimeError(
+                    f"study {n}: produced claims {sorted(produced)} differ from declared {sorted(declared)}"
+                )
             seconds = sum(r.seconds for r in records) + time.perf_counter() - t0
-            results[n] = dict(name=n, title=modules[n].TITLE, claims=claims, figures=ctx.figures,
-                              stores=records, notes=ctx.notes, seconds=seconds)
+            results[n] = dict(
+                name=n,
+                title=modules[n].TITLE,
+                claims=claims,
+                figures=ctx.figures,
+                stores=records,
+                notes=ctx.notes,
+                seconds=seconds,
+            )
             _log(verbose, f"{n}: {sum(c.passed for c in claims)}/{len(claims)} claims PASS ({seconds:.1f} s)")
     ordered = [results[n] for n in names]
     report = build_report(ordered, quick=quick, runtime_s=time.perf_counter() - start, out=out)

@@ -40,9 +40,24 @@ def color(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
 
-def heatmap(ax, values, x_labels, y_labels, *, xlabel: str, ylabel: str, title: str, cbar_label: str,
-            cmap: str = SEQUENTIAL, center: float | None = None, vmin=None, vmax=None, fmt: str = "{:.3g}",
-            annotate: bool = True, mask=None):
+def heatmap(
+    ax,
+    values,
+    x_labels,
+    y_labels,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    cbar_label: str,
+    cmap: str = SEQUENTIAL,
+    center: float | None = None,
+    vmin=None,
+    vmax=None,
+    fmt: str = "{:.3g}",
+    annotate: bool = True,
+    mask=None,
+):
     """Cell heatmap over categorical axes (rows = y, columns = x), annotated with the values.
 
     `center` uses a diverging norm centred there; masked cells are hatched grey."""
@@ -51,10 +66,13 @@ def heatmap(ax, values, x_labels, y_labels, *, xlabel: str, ylabel: str, title: 
     if center is not None:
         span = np.nanmax(np.abs(shown.filled(np.nan) - center)) if shown.count() else 1.0
         span = span if np.isfinite(span) and span > 0 else 1.0
-        norm = TwoSlopeNorm(vcenter=center, vmin=center - span if vmin is None else vmin,
-                            vmax=center + span if vmax is None else vmax)
+        norm = TwoSlopeNorm(
+            vcenter=center, vmin=center - span if vmin is None else vmin, vmax=center + span if vmax is None else vmax
+        )
     else:
-        norm = Normalize(vmin=np.nanmin(shown) if vmin is None else vmin, vmax=np.nanmax(shown) if vmax is None else vmax)
+        norm = Normalize(
+            vmin=np.nanmin(shown) if vmin is None else vmin, vmax=np.nanmax(shown) if vmax is None else vmax
+        )
     ax.set_facecolor("#d9d9d9")
     image = ax.imshow(shown, origin="lower", aspect="auto", cmap=cmap, norm=norm)
     ax.set_xticks(range(len(x_labels)), [str(v) for v in x_labels])
@@ -70,8 +88,9 @@ def heatmap(ax, values, x_labels, y_labels, *, xlabel: str, ylabel: str, title: 
                 continue
             rgba = image.cmap(image.norm(v))
             luminance = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                    color="black" if luminance > 0.5 else "white")
+            ax.text(
+                j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="black" if luminance > 0.5 else "white"
+            )
     return image
 
 
@@ -80,5 +99,13 @@ def label_panel(ax, text: str, loc: str = "upper left") -> None:
     vert, horiz = loc.split()
     x, ha = (0.02, "left") if horiz == "left" else (0.98, "right")
     y, va = (0.98, "top") if vert == "upper" else (0.02, "bottom")
-    ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=8,
-            bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.7", alpha=0.85))
+    ax.text(
+        x,
+        y,
+        text,
+        transform=ax.transAxes,
+        ha=ha,
+        va=va,
+        fontsize=8,
+        bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.7", alpha=0.85),
+    )

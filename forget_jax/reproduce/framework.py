@@ -175,8 +175,10 @@ def study_configs(name: str, quick: bool, directory: Path | None = None) -> dict
         base["name"] = f"{base.get('name', name)}-quick"
     if not stores:
         return {name: base}
-    return {f"{name}-{key}": {**_merge(base, overrides or {}), "name": f"{base.get('name', name)}-{key}"}
-            for key, overrides in stores.items()}
+    return {
+        f"{name}-{key}": {**_merge(base, overrides or {}), "name": f"{base.get('name', name)}-{key}"}
+        for key, overrides in stores.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,10 +271,29 @@ class Context:
         self.figures.extend(str(p.relative_to(self.out)) for p in paths)
         return paths
 
-    def claim(self, name: str, statement: str, source: str, predicted: str, measured: str,
-              tolerance: str, passed, note: str = "", **values) -> Claim:
-        return Claim(id=f"{self.study}.{name}", statement=statement, source=source, predicted=predicted,
-                     measured=measured, tolerance=tolerance, passed=bool(passed), note=note, values=values)
+    def claim(
+        self,
+        name: str,
+        statement: str,
+        source: str,
+        predicted: str,
+        measured: str,
+        tolerance: str,
+        passed,
+        note: str = "",
+        **values,
+    ) -> Claim:
+        return Claim(
+            id=f"{self.study}.{name}",
+            statement=statement,
+            source=source,
+            predicted=predicted,
+            measured=measured,
+            tolerance=tolerance,
+            passed=bool(passed),
+            note=note,
+            values=values,
+        )
 
 
 def final(ds, var: str) -> np.ndarray:

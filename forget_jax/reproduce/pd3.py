@@ -36,7 +36,9 @@ def analyze(stores, ctx: Context):
     beta = np.asarray(ds["old_weight"].values, dtype=np.float64)  # (B, lambda, seed, step)
     starved = np.asarray(ds["starved_fraction"].values, dtype=np.float64)[..., 1:]
     counts = np.rint(starved * k)
-    p = np.asarray(theory.starvation_probability(beta, lams[None, :, None, None], Bs[:, None, None, None]), dtype=np.float64)
+    p = np.asarray(
+        theory.starvation_probability(beta, lams[None, :, None, None], Bs[:, None, None, None]), dtype=np.float64
+    )
     p_win = 0.5 * (p[..., :-1] + p[..., 1:])
     obs = counts.sum(axis=(2, 3))
     exp = (k * p_win).sum(axis=(2, 3))
@@ -47,16 +49,27 @@ def analyze(stores, ctx: Context):
     beta_star = cfg["target_old_weight"]
     claims = []
 
-    claims.append(ctx.claim(
-        "starvation_formula", "The fraction of starved batches matches ((1 - lambda)(1 - beta))^B at the logged beta(t), in every (B, lambda) cell.",
-        "D6, T6, section 6 item 10", "((1-lambda)(1-beta_t))^B, summed over steps",
-        f"max |z| = {fmt(np.abs(z).max())} over {z.size} cells (mean z^2 = {fmt(np.mean(z ** 2))})",
-        f"|z| <= {Z_MAX:g} (binomial error)", np.abs(z).max() <= Z_MAX,
-        note=("z = (counted - expected) / binomial sd over all steps and seeds of a cell. Cells with the same seed "
-              "share random numbers across lambda (each configuration's stream depends on its seed only), so the "
-              "z-scores of one batch size are positively correlated."),
-        z=z, observed=f_obs, expected=f_exp, batch_sizes=Bs, replay_ratios=lams,
-    ))
+    claims.append(
+        ctx.claim(
+            "starvation_formula",
+            "The fraction of starved batches matches ((1 - lambda)(1 - beta))^B at the logged beta(t), in every (B, lambda) cell.",
+            "D6, T6, section 6 item 10",
+            "((1-lambda)(1-beta_t))^B, summed over steps",
+            f"max |z| = {fmt(np.abs(z).max())} over {z.size} cells (mean z^2 = {fmt(np.mean(z**2))})",
+            f"|z| <= {Z_MAX:g} (binomial error)",
+            np.abs(z).max() <= Z_MAX,
+            note=(
+                "z = (counted - expected) / binomial sd over all steps and seeds of a cell. Cells with the same seed "
+                "share random numbers across lambda (each configuration's stream depends on its seed only), so the "
+                "z-scores of one batch size are positively correlated."
+            ),
+            z=z,
+            observed=f_obs,
+            expected=f_exp,
+            batch_sizes=Bs,
+            replay_ratios=lams,
+        )
+    )
 
     bad = []
     for i in range(len(Bs) - 1):
@@ -65,57 +78,146 @@ def analyze(stores, ctx: Context):
     for j in range(len(lams) - 1):
         lim = f_obs[:, j] + 3 * np.hypot(sd[:, j], sd[:, j + 1]) + 1e-12
         bad += [(int(Bs[i]), float(lams[j + 1])) for i in np.nonzero(f_obs[:, j + 1] > lim)[0]]
-    claims.append(ctx.claim(
-        "starvation_monotone", "The measured starved fraction decreases monotonically in B and in lambda.",
-        "PD3", "monotone decrease in B and lambda", f"{len(bad)} increase(s) beyond 3 sd" + (f": {bad}" if bad else ""),
-        "0 (3-sd slack per comparison)", not bad, violations=bad))
+    claims.append(
+        ctx.claim(
+            "starvation_monotone",
+            "The measured starved fraction decreases monotonically in B and in lambda.",
+            "PD3",
+            "monotone decrease in B and lambda",
+            f"{len(bad)} increase(s) beyond 3 sd" + (f": {bad}" if bad else ""),
+            "0 (3-sd slack per comparison)",
+            not bad,
+            violations=bad,
+        )
+    )
 
     w = np.asarray(ds["max_importance_weight"].values, dtype=np.float64)
     w_max = np.nanmax(w, axis=(0, 2, 3))  # per lambda
     bound = np.asarray(theory.replay_weight_bound(lams), dtype=np.float64)
     excess = float(np.max(w_max / bound))
-    claims.append(ctx.claim(
-        "importance_weight_bound", "Replay importance weights are bounded: omega = q / m_lambda <= 1 / (1 - lambda).",
-        "D5, T6, section 6 item 9", "max omega <= 1/(1 - lambda)", f"max over runs of omega (1 - lambda) = {fmt(excess, 6)}",
-        "<= 1 (+1e-5 float32)", excess <= 1 + 1e-5, max_weight=w_max, bound=bound))
+    claims.append(
+        ctx.claim(
+            "importance_weight_bound",
+            "Replay importance weights are bounded: omega = q / m_lambda <= 1 / (1 - lambda).",
+            "D5, T6, section 6 item 9",
+            "max omega <= 1/(1 - lambda)",
+            f"max over runs of omega (1 - lambda) = {fmt(excess, 6)}",
+            "<= 1 (+1e-5 float32)",
+            excess <= 1 + 1e-5,
+            max_weight=w_max,
+            bound=bound,
+        )
+    )
 
     beta_T = beta[..., -1]
     drift_T = np.asarray(ds["old_drift"].isel(step=-1).values, dtype=np.float64)
     dmax = np.asarray(ds["old_drift_max"].isel(step=-1).values, dtype=np.float64)
     werr = np.abs(beta_T - beta_star)
     worst = float(max(werr.max(), drift_T.max()))
-    claims.append(ctx.claim(
-        "fixed_point", "Finite batches and replay leave the RKL fixed point unchanged: every (B, lambda, seed) run ends at beta*, mu_o*.",
-        "T6, section 6 item 9", "|beta_T - beta*| = 0, delta_T = 0",
-        f"max |beta_T - beta*| = {fmt(werr.max())}, max delta_T = {fmt(drift_T.max())}", "<= 1e-3", worst <= 1e-3,
-        note=f"The sup drift on the way (seed mean) ranges over [{fmt(dmax.mean(axis=2).min())}, {fmt(dmax.mean(axis=2).max())}].",
-        max_weight_error=float(werr.max()), max_final_drift=float(drift_T.max())))
+    claims.append(
+        ctx.claim(
+            "fixed_point",
+            "Finite batches and replay leave the RKL fixed point unchanged: every (B, lambda, seed) run ends at beta*, mu_o*.",
+            "T6, section 6 item 9",
+            "|beta_T - beta*| = 0, delta_T = 0",
+            f"max |beta_T - beta*| = {fmt(werr.max())}, max delta_T = {fmt(drift_T.max())}",
+            "<= 1e-3",
+            worst <= 1e-3,
+            note=f"The sup drift on the way (seed mean) ranges over [{fmt(dmax.mean(axis=2).min())}, {fmt(dmax.mean(axis=2).max())}].",
+            max_weight_error=float(werr.max()),
+            max_final_drift=float(drift_T.max()),
+        )
+    )
 
     # figure 1: starvation
     xl, yl = r"replay ratio $\lambda$", r"batch size $B$ (samples per step)"
     lam_labels = [f"{v:g}" for v in lams]
     fig, axes = new_figure(3, 1, width=4.6, height=3.9)
     vmax = float(max(f_obs.max(), f_exp.max()))
-    heatmap(axes[0, 0], f_obs, lam_labels, Bs, xlabel=xl, ylabel=yl, title="measured fraction of starved steps",
-            cbar_label="starved steps / all steps", vmin=0, vmax=vmax)
-    heatmap(axes[0, 1], f_exp, lam_labels, Bs, xlabel=xl, ylabel=yl,
-            title=r"predicted: mean of $((1-\lambda)(1-\beta_t))^B$", cbar_label="expected fraction", vmin=0, vmax=vmax)
-    heatmap(axes[0, 2], z, lam_labels, Bs, xlabel=xl, ylabel=yl, title="z-score (measured - predicted) / binomial sd",
-            cbar_label="z", cmap=DIVERGING, center=0.0, vmin=-Z_MAX, vmax=Z_MAX, fmt="{:.1f}")
-    fig.suptitle(rf"PD3: old-mode starvation, RKL score estimator, ancestral sampling; $\Delta = {cfg['separation']:g}$, "
-                 rf"$\beta^* = {beta_star:g}$, $\beta(0) = {cfg['init_old_weight']:g}$, {cfg['steps']} steps $\times$ {ds.sizes['seed']} seeds",
-                 fontsize=10)
+    heatmap(
+        axes[0, 0],
+        f_obs,
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title="measured fraction of starved steps",
+        cbar_label="starved steps / all steps",
+        vmin=0,
+        vmax=vmax,
+    )
+    heatmap(
+        axes[0, 1],
+        f_exp,
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title=r"predicted: mean of $((1-\lambda)(1-\beta_t))^B$",
+        cbar_label="expected fraction",
+        vmin=0,
+        vmax=vmax,
+    )
+    heatmap(
+        axes[0, 2],
+        z,
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title="z-score (measured - predicted) / binomial sd",
+        cbar_label="z",
+        cmap=DIVERGING,
+        center=0.0,
+        vmin=-Z_MAX,
+        vmax=Z_MAX,
+        fmt="{:.1f}",
+    )
+    fig.suptitle(
+        rf"PD3: old-mode starvation, RKL score estimator, ancestral sampling; $\Delta = {cfg['separation']:g}$, "
+        rf"$\beta^* = {beta_star:g}$, $\beta(0) = {cfg['init_old_weight']:g}$, {cfg['steps']} steps $\times$ {ds.sizes['seed']} seeds",
+        fontsize=10,
+    )
     ctx.save_figure(fig, "pd3_starvation")
 
     # figure 2: finite-batch consequences
     fig, axes = new_figure(3, 1, width=4.6, height=3.9)
-    heatmap(axes[0, 0], dmax.mean(axis=2), lam_labels, Bs, xlabel=xl, ylabel=yl,
-            title=r"sup old-mean drift $\delta_{\max}$ (seed mean)", cbar_label=r"$\delta_{\max}$ (units of $\sigma$)")
-    heatmap(axes[0, 1], drift_T.mean(axis=2), lam_labels, Bs, xlabel=xl, ylabel=yl,
-            title=r"final old-mean drift $\delta_T$ (seed mean)", cbar_label=r"$\delta_T$ (units of $\sigma$)", fmt="{:.1e}")
-    heatmap(axes[0, 2], werr.mean(axis=2), lam_labels, Bs, xlabel=xl, ylabel=yl,
-            title=r"final old-weight error $|\beta_T - \beta^*|$ (seed mean)", cbar_label=r"$|\beta_T - \beta^*|$", fmt="{:.1e}")
-    fig.suptitle(rf"PD3: finite-batch RKL (score estimator) with replay; $\eta = {cfg['learning_rate']:g}$, "
-                 rf"$\Delta = {cfg['separation']:g}$, $\beta^* = {beta_star:g}$", fontsize=10)
+    heatmap(
+        axes[0, 0],
+        dmax.mean(axis=2),
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title=r"sup old-mean drift $\delta_{\max}$ (seed mean)",
+        cbar_label=r"$\delta_{\max}$ (units of $\sigma$)",
+    )
+    heatmap(
+        axes[0, 1],
+        drift_T.mean(axis=2),
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title=r"final old-mean drift $\delta_T$ (seed mean)",
+        cbar_label=r"$\delta_T$ (units of $\sigma$)",
+        fmt="{:.1e}",
+    )
+    heatmap(
+        axes[0, 2],
+        werr.mean(axis=2),
+        lam_labels,
+        Bs,
+        xlabel=xl,
+        ylabel=yl,
+        title=r"final old-weight error $|\beta_T - \beta^*|$ (seed mean)",
+        cbar_label=r"$|\beta_T - \beta^*|$",
+        fmt="{:.1e}",
+    )
+    fig.suptitle(
+        rf"PD3: finite-batch RKL (score estimator) with replay; $\eta = {cfg['learning_rate']:g}$, "
+        rf"$\Delta = {cfg['separation']:g}$, $\beta^* = {beta_star:g}$",
+        fontsize=10,
+    )
     ctx.save_figure(fig, "pd3_finite_batch")
     return claims

@@ -56,47 +56,88 @@ def analyze(stores, ctx: Context):
 
     # (a) direct
     err = np.abs(sim["direct"] - pred["direct"])
-    claims.append(ctx.claim(
-        "direct_course", f"Direct GD on beta follows (1 - beta)^2 = (1 - beta0)^2 + 2 eta t (Delta = {sep:g}, eta = {CLAIM_LR['direct']:g}).",
-        "T1 (a), section 6 item 3a", "theory.fkl_weight_euclidean(t)", f"max_t |beta - prediction| = {fmt(err.max())}",
-        "<= 0.01", err.max() <= 0.01, note=f"beta is clipped at {clip:g} after the predicted zero time.",
-        max_abs_error=float(err.max())))
+    claims.append(
+        ctx.claim(
+            "direct_course",
+            f"Direct GD on beta follows (1 - beta)^2 = (1 - beta0)^2 + 2 eta t (Delta = {sep:g}, eta = {CLAIM_LR['direct']:g}).",
+            "T1 (a), section 6 item 3a",
+            "theory.fkl_weight_euclidean(t)",
+            f"max_t |beta - prediction| = {fmt(err.max())}",
+            "<= 0.01",
+            err.max() <= 0.01,
+            note=f"beta is clipped at {clip:g} after the predicted zero time.",
+            max_abs_error=float(err.max()),
+        )
+    )
     t_star = float(theory.fkl_weight_zero_time(beta0, CLAIM_LR["direct"]))
     hit = np.nonzero(sim["direct"] <= 2 * clip)[0]
     t_hit = float(t[hit[0]]) if hit.size else float("nan")
     rel = abs(t_hit / t_star - 1) if hit.size else float("inf")
-    claims.append(ctx.claim(
-        "direct_zero_time", "Direct GD drives beta to zero in finite time t* = beta0 (2 - beta0) / (2 eta).",
-        "T1 (a)", f"t* = {fmt(t_star)} steps", f"first logged step with beta <= {2 * clip:g}: {fmt(t_hit)}",
-        f"within 5% (log interval {int(t[1] - t[0])} steps)", rel <= 0.05, t_star=t_star, t_hit=t_hit))
+    claims.append(
+        ctx.claim(
+            "direct_zero_time",
+            "Direct GD drives beta to zero in finite time t* = beta0 (2 - beta0) / (2 eta).",
+            "T1 (a)",
+            f"t* = {fmt(t_star)} steps",
+            f"first logged step with beta <= {2 * clip:g}: {fmt(t_hit)}",
+            f"within 5% (log interval {int(t[1] - t[0])} steps)",
+            rel <= 0.05,
+            t_star=t_star,
+            t_hit=t_hit,
+        )
+    )
 
     # (b) logit
     ratio = sim["logit"] / pred["logit"]
-    claims.append(ctx.claim(
-        "logit_course", f"Logit GD: beta(t) ~ 1 / (1/beta0 + eta t) (Delta = {sep:g}, eta = {CLAIM_LR['logit']:g}).",
-        "T1 (b), section 6 item 3b", "theory.fkl_weight_logit(t)",
-        f"beta / prediction in [{fmt(ratio.min())}, {fmt(ratio.max())}]", "within a factor 2 (section 6 item 3b)",
-        (ratio.min() >= 0.5) and (ratio.max() <= 2.0),
-        note=("The closed form drops the (1 - beta) factor of d beta/dt = -beta^2 (1 - beta); the exact "
-              "separated-limit solution 1/beta - ln(beta/(1-beta)) = 1/beta0 - logit(beta0) + eta t lies above it "
-              "by up to ~25%, which is the deviation seen here."),
-        ratio_min=float(ratio.min()), ratio_max=float(ratio.max())))
+    claims.append(
+        ctx.claim(
+            "logit_course",
+            f"Logit GD: beta(t) ~ 1 / (1/beta0 + eta t) (Delta = {sep:g}, eta = {CLAIM_LR['logit']:g}).",
+            "T1 (b), section 6 item 3b",
+            "theory.fkl_weight_logit(t)",
+            f"beta / prediction in [{fmt(ratio.min())}, {fmt(ratio.max())}]",
+            "within a factor 2 (section 6 item 3b)",
+            (ratio.min() >= 0.5) and (ratio.max() <= 2.0),
+            note=(
+                "The closed form drops the (1 - beta) factor of d beta/dt = -beta^2 (1 - beta); the exact "
+                "separated-limit solution 1/beta - ln(beta/(1-beta)) = 1/beta0 - logit(beta0) + eta t lies above it "
+                "by up to ~25%, which is the deviation seen here."
+            ),
+            ratio_min=float(ratio.min()),
+            ratio_max=float(ratio.max()),
+        )
+    )
     tail = t >= t[-1] / 10
     fit = linear_fit(np.log(t[tail]), np.log(sim["logit"][tail]))
-    claims.append(ctx.claim(
-        "logit_power_law", "Logit GD decays as Theta(1/t): log-log slope of beta(t) over the last decade of steps.",
-        "T1 (b)", "-1", f"{fmt(fit.slope, 4)} (t in [{fmt(t[tail][0])}, {fmt(t[-1])}])", "within +-0.1",
-        abs(fit.slope + 1) <= 0.1, slope=fit.slope))
+    claims.append(
+        ctx.claim(
+            "logit_power_law",
+            "Logit GD decays as Theta(1/t): log-log slope of beta(t) over the last decade of steps.",
+            "T1 (b)",
+            "-1",
+            f"{fmt(fit.slope, 4)} (t in [{fmt(t[tail][0])}, {fmt(t[-1])}])",
+            "within +-0.1",
+            abs(fit.slope + 1) <= 0.1,
+            slope=fit.slope,
+        )
+    )
 
     # (c) replicator
     valid = pred["replicator"] >= 10 * clip
     rel_err = np.abs(sim["replicator"][valid] / pred["replicator"][valid] - 1)
-    claims.append(ctx.claim(
-        "replicator_course", f"Replicator dynamics: beta(t) = beta0 exp(-eta t) (Delta = {sep:g}, eta = {CLAIM_LR['replicator']:g}).",
-        "T1 (c), section 6 item 3c", "theory.fkl_weight_replicator(t)",
-        f"max relative error {fmt(rel_err.max())} while prediction >= {10 * clip:g}", "<= 5%", rel_err.max() <= 0.05,
-        note="Discrete steps give (1 - eta)^t instead of exp(-eta t): relative error ~ eta^2 t / 2.",
-        max_rel_error=float(rel_err.max())))
+    claims.append(
+        ctx.claim(
+            "replicator_course",
+            f"Replicator dynamics: beta(t) = beta0 exp(-eta t) (Delta = {sep:g}, eta = {CLAIM_LR['replicator']:g}).",
+            "T1 (c), section 6 item 3c",
+            "theory.fkl_weight_replicator(t)",
+            f"max relative error {fmt(rel_err.max())} while prediction >= {10 * clip:g}",
+            "<= 5%",
+            rel_err.max() <= 0.05,
+            note="Discrete steps give (1 - eta)^t instead of exp(-eta t): relative error ~ eta^2 t / 2.",
+            max_rel_error=float(rel_err.max()),
+        )
+    )
 
     # figure: beta against natural time eta t, all learning rates, both separations
     fig, axes = new_figure(3, 1, width=4.3, height=3.8)
@@ -108,8 +149,14 @@ def analyze(stores, ctx: Context):
                 visible = {"direct": 0.5, "logit": float(t[-1] * lrs.max()), "replicator": 10.0}[wp]
                 if (s == sep or lr == CLAIM_LR[wp]) and lr * (t[1] - t[0]) <= visible / 40:
                     beta = _course(ds, wp, lr, s)
-                    ax.plot(lr * t, beta, ls, color=color(k), lw=1.6 if s == sep else 1.2,
-                            label=rf"$\eta = {lr:g}$, $\Delta = {s:g}$")
+                    ax.plot(
+                        lr * t,
+                        beta,
+                        ls,
+                        color=color(k),
+                        lw=1.6 if s == sep else 1.2,
+                        label=rf"$\eta = {lr:g}$, $\Delta = {s:g}$",
+                    )
         tau = np.linspace(0, float(t[-1] * lrs.max()), 2000)
         ax.plot(tau, np.asarray(PREDICTION[wp](tau, beta0, 1.0)), "--", color="k", lw=1.2, label="T1 prediction")
         if wp == "direct":
@@ -126,8 +173,11 @@ def analyze(stores, ctx: Context):
         ax.set_ylabel(r"old weight $\beta(t)$")
         ax.set_title(f"PD6: {wp} update ({SHAPE[wp]})", fontsize=10)
         ax.legend(fontsize=6.5, loc="upper right" if wp != "logit" else "lower left")
-    label_panel(axes[0, 0], "FKL, new data only,\nmeans frozen at the truth;\n" + rf"$\beta_0 = {beta0:g}$, clip {clip:g}",
-                loc="lower left")
+    label_panel(
+        axes[0, 0],
+        "FKL, new data only,\nmeans frozen at the truth;\n" + rf"$\beta_0 = {beta0:g}$, clip {clip:g}",
+        loc="lower left",
+    )
     del tau_max
     ctx.save_figure(fig, "pd6_fkl_time_courses")
     return claims

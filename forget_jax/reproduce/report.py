@@ -29,7 +29,7 @@ def build_report(results: list[dict], *, quick: bool, runtime_s: float, out: Pat
         "quick": quick,
         "runtime_s": runtime_s,
         "out": str(out),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "forget_jax_version": __version__,
         "jax_version": jax.__version__,
         "device": f"{device.platform}:{device.device_kind} x{len(jax.devices())}",
@@ -73,24 +73,36 @@ def write_report(report: dict, results: list[dict], out: Path) -> None:
     ]
     for result in results:
         for c in result["claims"]:
-            lines.append(f"| `{c.id}` | {_cell(c.source)} | {_cell(c.predicted)} | {_cell(c.measured)} | "
-                         f"{_cell(c.tolerance)} | **{c.verdict}** |")
+            lines.append(
+                f"| `{c.id}` | {_cell(c.source)} | {_cell(c.predicted)} | {_cell(c.measured)} | "
+                f"{_cell(c.tolerance)} | **{c.verdict}** |"
+            )
     for result in results:
         study = report["studies"][result["name"]]
-        lines += ["", f"## {result['name']}: {result['title']}", "",
-                  f"{study['passed']}/{study['total']} claims PASS; {result['seconds']:.1f} s.", ""]
+        lines += [
+            "",
+            f"## {result['name']}: {result['title']}",
+            "",
+            f"{study['passed']}/{study['total']} claims PASS; {result['seconds']:.1f} s.",
+            "",
+        ]
         for note in result["notes"]:
             lines += [note, ""]
         lines += ["Stores:", ""]
         for s in result["stores"]:
             status = "reused (complete, same configuration)" if s.reused else "computed"
-            timing = (f"; compile {s.compile_s:.1f} s, run {s.run_s:.1f} s (summed over blocks)"
-                      if not s.reused and s.compile_s == s.compile_s else "")
+            timing = (
+                f"; compile {s.compile_s:.1f} s, run {s.run_s:.1f} s (summed over blocks)"
+                if not s.reused and s.compile_s == s.compile_s
+                else ""
+            )
             lines.append(f"- `{Path(s.path).name}`: {s.configs} configurations, {status}, {s.seconds:.1f} s{timing}")
         lines += ["", "Claims:", ""]
         for c in result["claims"]:
-            lines.append(f"- **{c.verdict}** `{c.id}`: {c.statement} Predicted {c.predicted}; measured "
-                         f"{c.measured}; tolerance {c.tolerance}." + (f" *Note:* {c.note}" if c.note else ""))
+            lines.append(
+                f"- **{c.verdict}** `{c.id}`: {c.statement} Predicted {c.predicted}; measured "
+                f"{c.measured}; tolerance {c.tolerance}." + (f" *Note:* {c.note}" if c.note else "")
+            )
         pngs = [f for f in result["figures"] if f.endswith(".png")]
         if pngs:
             lines += ["", "Figures (PNG shown; a PDF with the same name sits beside each):", ""]

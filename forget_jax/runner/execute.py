@@ -99,7 +99,7 @@ def store_attrs(spec: SweepSpec) -> dict:
         "platform": devices[0].platform,
         "local_device_count": len(devices),
         "host": platform.node(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(),
     }
 
 
@@ -135,8 +135,9 @@ def run(
         mine = plan.shard(index, count)
         done = done_blocks(out)
         if not resume and any(b.index in done for b in mine):
-            raise StoreError(f"{out} already holds results of this sweep; pass --resume to continue it, "
-                             "or choose another --out")
+            raise StoreError(
+                f"{out} already holds results of this sweep; pass --resume to continue it, or choose another --out"
+            )
     else:
         plan = make_plan(spec, chunk_size)
         create(out, spec, plan, store_attrs(spec))
@@ -179,12 +180,19 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool) -> xr.D
     data_vars = {name: ((*dims, "step"), arrays[name]) for name in METRIC_NAMES}
     data_vars["diverged"] = (dims, diverged)
     data_vars["completed"] = (dims, np.ones(spec.shape, dtype=bool))
-    attrs = {**store_attrs(spec), "compile_time_s": compile_s, "run_time_s": run_s,
-             "wall_time_s": time.perf_counter() - start, "chunk_shape": list(plan.chunk_shape)}
+    attrs = {
+        **store_attrs(spec),
+        "compile_time_s": compile_s,
+        "run_time_s": run_s,
+        "wall_time_s": time.perf_counter() - start,
+        "chunk_shape": list(plan.chunk_shape),
+    }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> tuple[int, int]:
+def initialize_distributed(
+    coordinator: str | None, num_processes: int | None, process_id: int | None
+) -> tuple[int, int]:
     """`jax.distributed.initialize` (arguments or the cluster's environment); returns this
     process's shard (jax.process_index(), jax.process_count())."""
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
