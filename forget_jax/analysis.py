@@ -89,7 +89,7 @@ def _fisher(setup, separation, target_old_weight, dim, order):
 LN2 = math.log(2.0)
 
 
-def adaptive_eta(rewards: Float[Array, "... G"], budget: float = LN2) -> Float[Array, ...]:
+def adaptive_eta(rewards: Float[Array, "... G"], budget: float = LN2) -> Float[Array, " ..."]:
     r"""TTT-Discover's adaptive eta per group (rewards of shape (..., G)):
     KL(softmax(eta r) || Uniform_G) = budget (docs/science/methods.md B step 1); the engine's own solver."""
     return group_eta(jnp.asarray(rewards), jnp.asarray(budget))

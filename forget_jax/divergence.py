@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
+from jax.typing import DTypeLike
 
 from ._types import Array, Float, Scalar
 from .gaussian import _log_mix
@@ -19,8 +20,8 @@ from .quadrature import _hermite_rule, expect
 
 
 def mixture_expectation(
-    mixture: Mixture, fn: Callable[[Float[Array, "n k"]], Float[Array, " n"]], order: int
-) -> Scalar:
+    mixture: Mixture, fn: Callable[[Float[Array, "n k"]], Float[Array, "n ..."]], order: int
+) -> Float[Array, " ..."]:
     r"""$E_{x \sim \text{mixture}}[fn(x)] = \beta E_{N_o}[fn] + (1-\beta) E_{N_n}[fn]$, Gauss-Hermite per component.
 
     Differentiable in every mixture parameter (nodes are reparameterised: x = m + s z), so the
@@ -47,7 +48,7 @@ def soft_misassignment(sample: Mixture, model: Mixture, order: int) -> Scalar:
     return expect(lambda x: 1.0 - model.old_responsibility(x), sample.old_mean, sample.old_scale, order)
 
 
-def _log_rule(order: int, k: int, dtype) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
+def _log_rule(order: int, k: int, dtype: DTypeLike) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
     """Standard-normal Gauss-Hermite nodes and *log* weights (taken in float64, so the extreme
     nodes' weights (~1e-100 at order 64) stay finite in float32)."""
     nodes, weights = _hermite_rule(order, k)
@@ -68,8 +69,11 @@ def log_mean_exp(mixture: Mixture, fn: Callable[[Float[Array, "n k"]], Float[Arr
     def component(mean, scale):
         return logsumexp(log_w + fn(mean + scale * nodes))
 
-    return _log_mix(mixture.old_weight, component(mixture.old_mean, mixture.old_scale),
-                    component(mixture.new_mean, mixture.new_scale))
+    return _log_mix(
+        mixture.old_weight,
+        component(mixture.old_mean, mixture.old_scale),
+        component(mixture.new_mean, mixture.new_scale),
+    )
 
 
 def mixture_nodes(mixture: Mixture, order: int) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
@@ -79,7 +83,9 @@ def mixture_nodes(mixture: Mixture, order: int) -> tuple[Float[Array, "n k"], Fl
     distribution at once (the population adaptive eta of docs/science/methods.md B); no gradient intended."""
     k = mixture.old_mean.shape[-1]
     nodes, log_w = _log_rule(order, k, mixture.old_mean.dtype)
-    points = jnp.concatenate([mixture.old_mean + mixture.old_scale * nodes, mixture.new_mean + mixture.new_scale * nodes])
+    points = jnp.concatenate(
+        [mixture.old_mean + mixture.old_scale * nodes, mixture.new_mean + mixture.new_scale * nodes]
+    )
     beta = mixture.old_weight
     log_weights = jnp.concatenate([jnp.log(beta) + log_w, jnp.log1p(-beta) + log_w])
     return points, log_weights

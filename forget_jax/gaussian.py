@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
 from ._types import Array, Float, Scalar
@@ -16,14 +17,17 @@ from ._types import Array, Float, Scalar
 #: after which `jax.distributed.initialize` (forget-jax sweep --distributed) refuses to run.
 LOG_2PI = 1.8378770664093453
 
+# Broadcast shapes are written " ..." (leading space, as " k"): ruff's UP037 would unquote a bare
+# "..." into an Ellipsis, which jaxtyping rejects when the annotations are evaluated.
 
-def logit(p: Float[Array, "..."] | float) -> Float[Array, "..."]:
+
+def logit(p: Float[Array | np.ndarray, " ..."] | float) -> Float[Array, " ..."]:
     r"""Log-odds $\operatorname{logit} p = \log p - \log(1 - p)$ (the `logit` weight parameter; model.md)."""
     p = jnp.asarray(p)
     return jnp.log(p) - jnp.log1p(-p)
 
 
-def log_normal(x: Float[Array, "... k"], mean: Float[Array, " k"], scale: Scalar) -> Float[Array, "..."]:
+def log_normal(x: Float[Array, "... k"], mean: Float[Array, " k"], scale: Scalar) -> Float[Array, " ..."]:
     r"""Log-density of the isotropic Gaussian N(x; mean, scale^2 I_k).
 
     $\log N = -\lVert x - m\rVert^2 / (2 s^2) - k \log s - \tfrac{k}{2}\log 2\pi$.
@@ -39,7 +43,7 @@ def component_log_densities(
     new_mean: Float[Array, " k"],
     old_scale: Scalar,
     new_scale: Scalar,
-) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+) -> tuple[Float[Array, " ..."], Float[Array, " ..."]]:
     """(log N_o(x), log N_n(x)) for the two components of a mixture."""
     return log_normal(x, old_mean, old_scale), log_normal(x, new_mean, new_scale)
 
@@ -51,7 +55,7 @@ def mixture_log_density(
     new_mean: Float[Array, " k"],
     old_scale: Scalar,
     new_scale: Scalar,
-) -> Float[Array, "..."]:
+) -> Float[Array, " ..."]:
     r"""$\log q(x) = \log(\beta N_o(x) + (1-\beta) N_n(x))$, computed stably with logsumexp.
 
     Differentiable on the closed interval beta in [0, 1] (`_log_mix`): d log q / d beta =
@@ -90,7 +94,7 @@ def old_responsibility(
     new_mean: Float[Array, " k"],
     old_scale: Scalar,
     new_scale: Scalar,
-) -> Float[Array, "..."]:
+) -> Float[Array, " ..."]:
     r"""Responsibility of the old component, $w_o(x) = \beta N_o(x) / q(x)$ (docs/science/model.md section 1)."""
     log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
     a = jnp.log(old_weight) + log_o
@@ -98,7 +102,9 @@ def old_responsibility(
     return jnp.exp(a - logsumexp(jnp.stack([a, b]), axis=0))
 
 
-def bhattacharyya_coefficient(mean_1: Float[Array, " k"], mean_2: Float[Array, " k"], scale: Scalar) -> Scalar:
+def bhattacharyya_coefficient(
+    mean_1: Float[Array, "... k"], mean_2: Float[Array, "... k"], scale: Scalar | float
+) -> Float[Array, " ..."]:
     r"""Bhattacharyya coefficient of two equal-covariance Gaussians (docs/science/model.md D3).
 
     $BC = \int \sqrt{N_1 N_2}\,dx = \exp(-\Delta_{12}^2/8)$ with the Mahalanobis distance
@@ -108,7 +114,14 @@ def bhattacharyya_coefficient(mean_1: Float[Array, " k"], mean_2: Float[Array, "
     return jnp.exp(-sq / 8.0)
 
 
-def hard_misassignment(sample_mean, sample_scale, old_mean, new_mean, old_weight, scale) -> Scalar:
+def hard_misassignment(
+    sample_mean: Float[Array, " k"],
+    sample_scale: Scalar | float,
+    old_mean: Float[Array, " k"],
+    new_mean: Float[Array, " k"],
+    old_weight: Float[Array | np.ndarray, " ..."] | float,
+    scale: Scalar | float,
+) -> Float[Array, " ..."]:
     r"""P_{x ~ N(sample_mean, sample_scale^2 I)}[w_n(x) > 1/2] for a mixture with equal scales.
 
     w_n > 1/2  <=>  (x - (m_o + m_n)/2) . v / s^2 > ln(beta / (1 - beta)), v = m_n - m_o, so with

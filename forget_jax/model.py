@@ -25,17 +25,17 @@ class Mixture(eqx.Module):
     old_scale: Scalar
     new_scale: Scalar
 
-    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
+    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, " ..."]:
         return gaussian.mixture_log_density(
             x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
         )
 
-    def old_responsibility(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
+    def old_responsibility(self, x: Float[Array, "... k"]) -> Float[Array, " ..."]:
         return gaussian.old_responsibility(
             x, self.old_weight, self.old_mean, self.new_mean, self.old_scale, self.new_scale
         )
 
-    def component_log_probs(self, x: Float[Array, "... k"]) -> tuple[Float[Array, ...], Float[Array, ...]]:
+    def component_log_probs(self, x: Float[Array, "... k"]) -> tuple[Float[Array, " ..."], Float[Array, " ..."]]:
         return gaussian.component_log_densities(x, self.old_mean, self.new_mean, self.old_scale, self.new_scale)
 
     def project(self, basis: Float[Array, "d k"], origin: Float[Array, " d"]) -> Mixture:
@@ -66,11 +66,17 @@ def axis(dim: int, dtype) -> Float[Array, " d"]:
     return jnp.zeros((dim,), dtype).at[0].set(1.0)
 
 
+def new_mode_position(target_old_mean, separation, target_old_scale):
+    """mu_n* along e_1: mu_o* + Delta s_o* (docs/science/model.md section 1). The one place the
+    new mode is placed; works on floats, NumPy and JAX arrays."""
+    return target_old_mean + separation * target_old_scale
+
+
 def target_mixture(hyper: Hyper, setup: Setup) -> Mixture:
     """p* of docs/science/model.md section 1: mu_o* = target_old_mean e_1, mu_n* = mu_o* + Delta s_o e_1."""
     e1 = axis(setup.dim, setup.dtype)
     old_mean = hyper.target_old_mean * e1
-    new_mean = old_mean + hyper.separation * hyper.target_old_scale * e1
+    new_mean = new_mode_position(hyper.target_old_mean, hyper.separation, hyper.target_old_scale) * e1
     return Mixture(hyper.target_old_weight, old_mean, new_mean, hyper.target_old_scale, hyper.target_new_scale)
 
 

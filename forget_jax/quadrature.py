@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from ._types import Array, Float, Scalar
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hermite_rule(order: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Tensor-product probabilists' rule: nodes (order^k, k), weights summing to 1."""
     z, w = np.polynomial.hermite.hermgauss(order)
@@ -41,7 +42,7 @@ def _hermite_rule(order: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def standard_normal_rule(order: int, k: int, dtype) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
+def standard_normal_rule(order: int, k: int, dtype: DTypeLike) -> tuple[Float[Array, "n k"], Float[Array, " n"]]:
     """Nodes and weights with sum_j w_j g(z_j) ~= E_{z ~ N(0, I_k)}[g(z)]."""
     nodes, weights = _hermite_rule(order, k)
     return jnp.asarray(nodes, dtype=dtype), jnp.asarray(weights, dtype=dtype)
@@ -52,7 +53,7 @@ def expect(
     mean: Float[Array, " k"],
     scale: Scalar,
     order: int,
-) -> Float[Array, "..."]:
+) -> Float[Array, " ..."]:
     """E_{y ~ N(mean, scale^2 I_k)}[fn(y)] by Gauss-Hermite quadrature (differentiable in mean, scale)."""
     k = mean.shape[-1]
     nodes, weights = standard_normal_rule(order, k, mean.dtype)

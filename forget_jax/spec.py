@@ -87,10 +87,6 @@ class Setup:
         """A copy with some fields changed."""
         return Setup(**{**dict(self._key), **changes})
 
-    def as_dict(self) -> dict[str, Any]:
-        """Every static field -> its value."""
-        return {**fields.defaults("static"), **self._values}
-
     @property
     def dtype(self):
         return jnp.float64 if self.x64 else jnp.float32
@@ -140,11 +136,6 @@ class Hyper(eqx.Module):
 
 #: Name of the per-configuration integer seed leaf of `Hyper` (not a field: the sweep's seed axis).
 SEED = "seed"
-
-
-def hyper_fields() -> tuple[str, ...]:
-    """Leaves of `Hyper`: the traced fields, then `seed`."""
-    return (*fields.names("traced"), SEED)
 
 
 def make_hyper(dtype=np.float32, **values: Any) -> Hyper:

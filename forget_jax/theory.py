@@ -13,20 +13,37 @@ Every function accepts JAX arrays or Python floats and is jit/vmap-compatible un
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._types import Array, Float, Scalar
+from ._types import Array, Float, Int, Scalar
 from .divergence import soft_misassignment as _soft
 from .gaussian import LOG_2PI, bhattacharyya_coefficient, hard_misassignment, log_normal, logit
 from .model import Mixture
+
+#: An input of any broadcastable shape: a JAX or NumPy array, or a Python float.
+FloatLike = Float[Array | np.ndarray, "..."] | float
+#: An input that must be a single value (vmap the function over a batch).
+ScalarLike = Float[Array | np.ndarray, ""] | float
+#: Points of R^d, optionally batched (..., d), or a Python float for d = 1 (`jnp.atleast_1d`).
+PointsLike = Float[Array | np.ndarray, "... d"] | float
+#: Integer counts (batch or group sizes) of any broadcastable shape.
+IntLike = Int[Array | np.ndarray, "..."] | int
+
+
+def _float(x: IntLike | FloatLike) -> Float[Array, " ..."]:
+    """A step count or other number as a float array of the default float dtype (strict dtype
+    promotion does not mix integer arrays with floats)."""
+    return jnp.asarray(x, jnp.result_type(float))
 
 # ---------------------------------------------------------------------------------------------
 # D3: overlap
 
 
-def bhattacharyya(separation) -> Scalar:
+def bhattacharyya(separation: FloatLike) -> Float[Array, " ..."]:
     r"""BC of two equal-covariance Gaussians at Mahalanobis distance Delta: exp(-Delta^2 / 8) (D3)."""
     sep = jnp.asarray(separation)
     return bhattacharyya_coefficient(sep[..., None], jnp.zeros_like(sep)[..., None], 1.0)
@@ -36,21 +53,21 @@ def bhattacharyya(separation) -> Scalar:
 # D4: misassignment
 
 
-def misassignment_old_to_new(old_weight, separation) -> Scalar:
+def misassignment_old_to_new(old_weight: FloatLike, separation: ScalarLike) -> Float[Array, " ..."]:
     r"""epsilon_{o->n} = Phi_bar(Delta/2 + ln(beta/(1-beta))/Delta) (D4), via `hard_misassignment`."""
     sep = jnp.asarray(separation, dtype=jnp.result_type(float))
     zero = jnp.zeros((1,), sep.dtype)
     return hard_misassignment(zero, 1.0, zero, sep[None], old_weight, 1.0)
 
 
-def misassignment_new_to_old(old_weight, separation) -> Scalar:
+def misassignment_new_to_old(old_weight: FloatLike, separation: ScalarLike) -> Float[Array, " ..."]:
     r"""epsilon_{n->o} = Phi_bar(Delta/2 - ln(beta/(1-beta))/Delta) (D4)."""
     sep = jnp.asarray(separation, dtype=jnp.result_type(float))
     zero = jnp.zeros((1,), sep.dtype)
     return 1.0 - hard_misassignment(sep[None], 1.0, zero, sep[None], old_weight, 1.0)
 
 
-def soft_misassignment(old_weight, separation, order: int = 96) -> Scalar:
+def soft_misassignment(old_weight: ScalarLike, separation: ScalarLike, order: int = 96) -> Scalar:
     r"""epsilon~_{o->n} = E_{N_o}[w_n(x)] by quadrature (D4), with the divergence.py primitive."""
     sep = jnp.asarray(separation, dtype=jnp.result_type(float))
     zero = jnp.zeros((1,), sep.dtype)
@@ -59,17 +76,17 @@ def soft_misassignment(old_weight, separation, order: int = 96) -> Scalar:
     return _soft(mixture, mixture, order)
 
 
-def hard_misassignment_bound(old_weight, separation) -> Scalar:
+def hard_misassignment_bound(old_weight: FloatLike, separation: FloatLike) -> Float[Array, " ..."]:
     r"""epsilon_{o->n} <= sqrt((1-beta)/beta) BC (D4)."""
     return jnp.sqrt((1 - old_weight) / old_weight) * bhattacharyya(separation)
 
 
-def soft_misassignment_bound(old_weight, separation) -> Scalar:
+def soft_misassignment_bound(old_weight: FloatLike, separation: FloatLike) -> Float[Array, " ..."]:
     r"""epsilon~_{o->n} <= (1/2) sqrt((1-beta)/beta) BC (D4)."""
     return 0.5 * hard_misassignment_bound(old_weight, separation)
 
 
-def bayes_error_bound(old_weight, separation) -> Scalar:
+def bayes_error_bound(old_weight: FloatLike, separation: FloatLike) -> Float[Array, " ..."]:
     r"""beta eps_{o->n} + (1-beta) eps_{n->o} <= sqrt(beta(1-beta)) BC (D4)."""
     return jnp.sqrt(old_weight * (1 - old_weight)) * bhattacharyya(separation)
 
@@ -78,14 +95,17 @@ def bayes_error_bound(old_weight, separation) -> Scalar:
 # T2: forward KL with replay; T6 / D6: starvation
 
 
-def fkl_replay_optimum(replay_ratio) -> Scalar:
+def fkl_replay_optimum(replay_ratio: FloatLike) -> Float[Array, " ..."]:
     """Population minimiser of KL(p_lambda || q_theta): beta = lambda, means at truth (T2)."""
     return jnp.asarray(replay_ratio)
 
 
-def starvation_probability(old_weight, replay_ratio, batch_size) -> Scalar:
+def starvation_probability(
+    old_weight: FloatLike, replay_ratio: FloatLike, batch_size: IntLike | FloatLike
+) -> Float[Array, " ..."]:
     r"""P(no old-mode sample in a batch) = ((1 - lambda)(1 - beta))^B (D6, T6)."""
-    return jnp.power((1 - jnp.asarray(replay_ratio)) * (1 - jnp.asarray(old_weight)), batch_size)
+    base = (1 - jnp.asarray(replay_ratio)) * (1 - jnp.asarray(old_weight))
+    return jnp.power(base, jnp.asarray(batch_size, base.dtype))
 
 
 def batch_size_for_starvation(old_weight: float, replay_ratio: float, delta: float) -> int:
@@ -96,7 +116,7 @@ def batch_size_for_starvation(old_weight: float, replay_ratio: float, delta: flo
     return max(1, math.ceil(math.log(1 / delta) / rate - 1e-12))
 
 
-def replay_weight_bound(replay_ratio) -> Scalar:
+def replay_weight_bound(replay_ratio: FloatLike) -> Float[Array, " ..."]:
     """omega = q / ((1-lambda) q + lambda r) <= 1 / (1 - lambda) (D5, T6)."""
     return 1.0 / (1.0 - jnp.asarray(replay_ratio))
 
@@ -105,24 +125,31 @@ def replay_weight_bound(replay_ratio) -> Scalar:
 # T1: forward-KL time courses (new data only, separated limit, means fixed)
 
 
-def fkl_weight_euclidean(t, initial_weight, learning_rate) -> Scalar:
+def fkl_weight_euclidean(
+    t: IntLike | FloatLike, initial_weight: FloatLike, learning_rate: FloatLike
+) -> Float[Array, " ..."]:
     r"""(a) direct GD, d beta/dt = -1/(1-beta): (1-beta)^2 = (1-beta_0)^2 + 2 eta t, beta = 0 after
     t* = beta_0 (2 - beta_0) / (2 eta) (T1)."""
-    value = 1.0 - jnp.sqrt((1 - initial_weight) ** 2 + 2 * learning_rate * jnp.asarray(t))
+    value = 1.0 - jnp.sqrt((1 - initial_weight) ** 2 + 2 * learning_rate * _float(t))
     return jnp.maximum(value, 0.0)
 
 
-def fkl_weight_logit(t, initial_weight, learning_rate) -> Scalar:
+def fkl_weight_logit(
+    t: IntLike | FloatLike, initial_weight: FloatLike, learning_rate: FloatLike
+) -> Float[Array, " ..."]:
     r"""(b) logit GD, d beta/dt ~ -beta^2: beta(t) ~ 1 / (1/beta_0 + eta t) = Theta(1/t) (T1)."""
-    return 1.0 / (1.0 / initial_weight + learning_rate * jnp.asarray(t))
+    # NumPy's stubs type ndarray + Array as ndarray; at run time jax's __array_priority__ makes it an Array.
+    return 1.0 / (1.0 / initial_weight + learning_rate * _float(t))  # type: ignore[return-value]
 
 
-def fkl_weight_replicator(t, initial_weight, learning_rate) -> Scalar:
+def fkl_weight_replicator(
+    t: IntLike | FloatLike, initial_weight: FloatLike, learning_rate: FloatLike
+) -> Float[Array, " ..."]:
     r"""(c) replicator, d beta/dt ~ -beta: beta(t) = beta_0 exp(-eta t) (T1)."""
-    return initial_weight * jnp.exp(-learning_rate * jnp.asarray(t))
+    return initial_weight * jnp.exp(-learning_rate * _float(t))  # type: ignore[return-value]  # as above
 
 
-def fkl_weight_zero_time(initial_weight, learning_rate) -> Scalar:
+def fkl_weight_zero_time(initial_weight: FloatLike, learning_rate: FloatLike) -> FloatLike:
     """t* = beta_0 (2 - beta_0) / (2 eta): steps until direct GD hits beta = 0 (T1 (a))."""
     return initial_weight * (2 - initial_weight) / (2 * learning_rate)
 
@@ -131,19 +158,19 @@ def fkl_weight_zero_time(initial_weight, learning_rate) -> Scalar:
 # T5: local geometry of reverse KL
 
 
-def predicted_contraction(hessian: Float[Array, "p p"], learning_rate: float) -> Scalar:
+def predicted_contraction(hessian: Float[Array | np.ndarray, "p p"], learning_rate: ScalarLike) -> Scalar:
     r"""Per-step contraction of GD near theta*: spectral radius of I - eta H; equals 1 - eta mu with
     mu = lambda_min(H) when eta <= 1 / lambda_max (T5)."""
     eigs = jnp.linalg.eigvalsh(hessian)
     return jnp.max(jnp.abs(1.0 - learning_rate * eigs))
 
 
-def smallest_eigenvalue(hessian: Float[Array, "p p"]) -> Scalar:
+def smallest_eigenvalue(hessian: Float[Array | np.ndarray, "p p"]) -> Scalar:
     """mu = lambda_min(I(theta*)), the predicted local rate of gradient flow (T5)."""
     return jnp.linalg.eigvalsh(hessian)[0]
 
 
-def separated_limit_fisher(target_old_weight, weight_param: str = "logit") -> Float[Array, "3 3"]:
+def separated_limit_fisher(target_old_weight: ScalarLike, weight_param: str = "logit") -> Float[Array, "3 3"]:
     r"""I(theta*) in the separated limit, d = 1: diag(beta*(1-beta*) [logit] or 1/(beta*(1-beta*))
     [direct], beta*, 1 - beta*) (T5)."""
     b = jnp.asarray(target_old_weight)
@@ -151,7 +178,7 @@ def separated_limit_fisher(target_old_weight, weight_param: str = "logit") -> Fl
     return jnp.diag(jnp.stack([w, b, 1 - b]))
 
 
-def rkl_drift_envelope(min_separation) -> Scalar:
+def rkl_drift_envelope(min_separation: FloatLike) -> Float[Array, " ..."]:
     r"""exp(-Delta_min^2 / 8): the overlap scale of the reverse-KL old-mean drift (T4)."""
     return bhattacharyya(min_separation)
 
@@ -166,7 +193,9 @@ def rkl_drift_envelope(min_separation) -> Scalar:
 # --- tilts and their mass factors (docs/science/methods.md section 0) -------------------------------------
 
 
-def log_mass_factor_quadratic(mean, center, width, eta, scale) -> Scalar:
+def log_mass_factor_quadratic(
+    mean: PointsLike, center: PointsLike, width: FloatLike, eta: FloatLike, scale: FloatLike
+) -> Float[Array, " ..."]:
     r"""log M = log E_{y ~ N(m, s^2 I_d)}[e^{eta R(y)}] for R(y) = -|y - mu|^2 / (2 rho^2)
     (docs/science/methods.md section 0 with alpha = 1 / (2 rho^2), a = eta alpha):
     M = (1 + 2 a s^2)^{-d/2} exp(-a |m - mu|^2 / (1 + 2 a s^2))."""
@@ -177,14 +206,18 @@ def log_mass_factor_quadratic(mean, center, width, eta, scale) -> Scalar:
     return -0.5 * d * jnp.log(c) - a * jnp.sum(jnp.square(m - mu), axis=-1) / c
 
 
-def log_mass_factor_linear(mean, slope, eta, scale) -> Scalar:
+def log_mass_factor_linear(
+    mean: PointsLike, slope: PointsLike, eta: FloatLike, scale: FloatLike
+) -> Float[Array, " ..."]:
     r"""log M = log E_{N(m, s^2 I)}[e^{eta w . y}] = eta w . m + eta^2 s^2 |w|^2 / 2 (docs/science/methods.md section 0)."""
     m, w = jnp.atleast_1d(jnp.asarray(mean)), jnp.atleast_1d(jnp.asarray(slope))
     eta = jnp.asarray(eta)
     return eta * jnp.sum(w * m, axis=-1) + 0.5 * jnp.square(eta * scale) * jnp.sum(jnp.square(w), axis=-1)
 
 
-def log_mass_factor_log_new(mean, new_mean, new_scale, eta, scale) -> Scalar:
+def log_mass_factor_log_new(
+    mean: PointsLike, new_mean: PointsLike, new_scale: FloatLike, eta: FloatLike, scale: FloatLike
+) -> Float[Array, " ..."]:
     r"""log M for R = log N(y; mu_n*, s_n^2 I) = -|y - mu_n*|^2 / (2 s_n^2) - d log(s_n sqrt(2 pi)):
     the quadratic factor with rho = s_n times e^{-eta d log(s_n sqrt(2 pi))}."""
     d = jnp.atleast_1d(jnp.asarray(mean)).shape[-1]
@@ -192,8 +225,9 @@ def log_mass_factor_log_new(mean, new_mean, new_scale, eta, scale) -> Scalar:
     return jnp.asarray(eta) * const + log_mass_factor_quadratic(mean, new_mean, new_scale, eta, scale)
 
 
-
-def tilted_mean_quadratic(mean, center, width, eta, scale):
+def tilted_mean_quadratic(
+    mean: PointsLike, center: PointsLike, width: FloatLike, eta: FloatLike, scale: FloatLike
+) -> Float[Array, " ..."]:
     r"""Mean of N(m, s^2 I) e^{eta R} / M for the quadratic reward: (m + 2 a s^2 mu) / (1 + 2 a s^2)
     (variance s^2 / (1 + 2 a s^2): the tilt leaves the fixed-scale family)."""
     a = jnp.asarray(eta) / (2 * jnp.square(width))
@@ -201,45 +235,55 @@ def tilted_mean_quadratic(mean, center, width, eta, scale):
     return (jnp.asarray(mean) + 2 * a * jnp.square(scale) * jnp.asarray(center)) / c
 
 
-def tilted_mean_linear(mean, slope, eta, scale):
+def tilted_mean_linear(mean: PointsLike, slope: PointsLike, eta: FloatLike, scale: FloatLike) -> Float[Array, " ..."]:
     r"""Mean of N(m, s^2 I) e^{eta w . y} / M: m + eta s^2 w (same variance: the tilt is realisable)."""
     return jnp.asarray(mean) + jnp.asarray(eta) * jnp.square(scale) * jnp.asarray(slope)
 
 
-def tilt_logit(logit_weight, log_m_old, log_m_new) -> Scalar:
+def tilt_logit(logit_weight: FloatLike, log_m_old: FloatLike, log_m_new: FloatLike) -> Float[Array, " ..."]:
     r"""Mixture tilt q e^{eta R} / Z: logit beta' = logit beta + log(M_o / M_n) (docs/science/methods.md section 0;
     T8 per step, T9 per sync with eta = 1 / beta, SDFT `bayes_icl` with M_k = rho_k)."""
     return jnp.asarray(logit_weight) + jnp.asarray(log_m_old) - jnp.asarray(log_m_new)
 
 
-def tilt_weight(old_weight, log_m_old, log_m_new) -> Scalar:
+def tilt_weight(old_weight: FloatLike, log_m_old: FloatLike, log_m_new: FloatLike) -> Float[Array, " ..."]:
     r"""beta' = beta M_o / (beta M_o + (1 - beta) M_n), the tilt of `tilt_logit` as a weight."""
     return jax.nn.sigmoid(tilt_logit(logit(old_weight), log_m_old, log_m_new))
 
 
-def tilt_recursion(init_weight, log_m_old, log_m_new, rounds: int) -> Float[Array, " k"]:
+def tilt_recursion(
+    init_weight: ScalarLike, log_m_old: ScalarLike, log_m_new: ScalarLike, rounds: int
+) -> Float[Array, " k"]:
     r"""beta_k for k = 0..rounds of the repeated tilt with constant mass factors:
     logit beta_k = logit beta_0 + k log(M_o / M_n) (T8 per step; T9 per sync; mass forgetting iff
     the cumulative tilt is unbounded, i.e. M_n > M_o)."""
-    k = jnp.arange(rounds + 1)
+    k = jnp.arange(rounds + 1, dtype=jnp.result_type(float))
     return jax.nn.sigmoid(logit(init_weight) + k * (jnp.asarray(log_m_old) - jnp.asarray(log_m_new)))
 
 
-def entropic_logit_gradient(old_weight, log_m_old, log_m_new) -> Scalar:
+def entropic_logit_gradient(old_weight: FloatLike, log_m_old: FloatLike, log_m_new: FloatLike) -> Float[Array, " ..."]:
     r"""d J / d logit beta for J = log E_q[e^{eta R}] = log(beta M_o + (1 - beta) M_n) at fixed
     components: beta_tilt - beta (exact, any overlap). One logit-GD step of TTT-Discover (population,
     lambda = 0) moves logit beta by lr (beta_tilt - beta), *toward* the tilt, not to it."""
     return tilt_weight(old_weight, log_m_old, log_m_new) - jnp.asarray(old_weight)
 
 
-def kl_anchored_fixed_point(reference_weight, log_m_old, log_m_new) -> Scalar:
+def kl_anchored_fixed_point(
+    reference_weight: FloatLike, log_m_old: FloatLike, log_m_new: FloatLike
+) -> Float[Array, " ..."]:
     r"""docs/science/claims.md T8: the maximiser of E_q[R] - (1/eta) KL(q || q_ref) is q_ref e^{eta R} / Z, so
     beta_inf = beta_ref M_o / (beta_ref M_o + (1 - beta_ref) M_n) (M_k under q_ref's components).
     With a constant reward gap dR = R_n - R_o: beta_ref / (beta_ref + (1 - beta_ref) e^{eta dR})."""
     return tilt_weight(reference_weight, log_m_old, log_m_new)
 
 
-def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, iterations: int = 200) -> Scalar:
+def entropic_kl_fixed_point(
+    reference_weight: FloatLike,
+    log_m_old: FloatLike,
+    log_m_new: FloatLike,
+    kl_penalty: FloatLike,
+    iterations: int = 200,
+) -> Float[Array, " ..."]:
     r"""Stationary old weight of TTT-Discover's actual objective J - lambda KL(q || q_ref),
     J = log E_q[e^{eta R}] (docs/science/methods.md B step 4; lambda not scaled by 1/eta), at fixed components
     equal to q_ref's, separated limit [R, derived here]:
@@ -277,7 +321,7 @@ def entropic_kl_fixed_point(reference_weight, log_m_old, log_m_new, kl_penalty, 
 # --- starvation per group (T9) ----------------------------------------------------------------
 
 
-def group_starvation_probability(lagged_weight, group_size) -> Scalar:
+def group_starvation_probability(lagged_weight: FloatLike, group_size: IntLike | FloatLike) -> Float[Array, " ..."]:
     r"""P(a group of G draws from q_lag holds no old-mode sample) = (1 - beta_lag)^G (T9; D6 with
     lambda = 0)."""
     return starvation_probability(lagged_weight, 0.0, group_size)
@@ -286,7 +330,7 @@ def group_starvation_probability(lagged_weight, group_size) -> Scalar:
 # --- OAPL (T9) -------------------------------------------------------------------------------
 
 
-def oapl_sync_logit(lagged_logit, log_m_old, log_m_new) -> Scalar:
+def oapl_sync_logit(lagged_logit: FloatLike, log_m_old: FloatLike, log_m_new: FloatLike) -> Float[Array, " ..."]:
     r"""T9: sync k moves the target to q_lag,k e^{r / beta} / Z, so (with beta_1 = beta_2 = beta, a
     realisable tilt and convergence within the lag) logit beta_{k+1} = logit beta_k + log(M_o / M_n),
     M_z = E_{N_z(theta_lag,k)}[e^{r / beta}] (use the log_mass_factor_* with eta = 1 / beta)."""
@@ -296,44 +340,64 @@ def oapl_sync_logit(lagged_logit, log_m_old, log_m_new) -> Scalar:
 # --- SDFT (T7) -------------------------------------------------------------------------------
 
 
-def sdft_anchor_density_weight(teacher_weight, anchor, demo_old_weight=0.0) -> Scalar:
+def sdft_anchor_density_weight(
+    teacher_weight: FloatLike, anchor: FloatLike, demo_old_weight: FloatLike = 0.0
+) -> Float[Array, " ..."]:
     r"""Old weight of T = (1 - a) q_phi + a p_c in the separated limit (p_c's components at q_phi's):
     beta_T = (1 - a) beta_phi + a beta_c, beta_c = 0 for p_new*, beta* for p* (T7 Examples A, B)."""
     a = jnp.asarray(anchor)
     return (1 - a) * jnp.asarray(teacher_weight) + a * jnp.asarray(demo_old_weight)
 
 
-def sdft_bayes_icl_log_odds(demo, old_mean, new_mean, old_scale, new_scale, demo_scale) -> Scalar:
+def sdft_bayes_icl_log_odds(
+    demo: PointsLike,
+    old_mean: PointsLike,
+    new_mean: PointsLike,
+    old_scale: FloatLike,
+    new_scale: FloatLike,
+    demo_scale: FloatLike,
+) -> Float[Array, " ..."]:
     r"""log(rho_o / rho_n), rho_k = N(c; m_k, (s_k^2 + tau_c^2) I) (T7 Example C; docs/science/methods.md A op. 4):
     logit beta_T = logit beta_phi + log(rho_o / rho_n)."""
     c = jnp.atleast_1d(jnp.asarray(demo))
     tau2 = jnp.square(demo_scale)
-    return (log_normal(c, jnp.atleast_1d(jnp.asarray(old_mean)), jnp.sqrt(jnp.square(old_scale) + tau2))
-            - log_normal(c, jnp.atleast_1d(jnp.asarray(new_mean)), jnp.sqrt(jnp.square(new_scale) + tau2)))
+    return log_normal(c, jnp.atleast_1d(jnp.asarray(old_mean)), jnp.sqrt(jnp.square(old_scale) + tau2)) - log_normal(
+        c, jnp.atleast_1d(jnp.asarray(new_mean)), jnp.sqrt(jnp.square(new_scale) + tau2)
+    )
 
 
-def sdft_bayes_icl_weight(teacher_weight, log_odds) -> Scalar:
+def sdft_bayes_icl_weight(teacher_weight: FloatLike, log_odds: FloatLike) -> Float[Array, " ..."]:
     r"""beta_T = beta_phi rho_o / (beta_phi rho_o + (1 - beta_phi) rho_n), log_odds = log(rho_o / rho_n)
     from `sdft_bayes_icl_log_odds` (the tilt of `tilt_weight` with M_k = rho_k)."""
     return tilt_weight(teacher_weight, log_odds, 0.0)
 
 
-def sdft_refresh_weights(init_weight, anchor, refreshes: int, demo_old_weight=0.0) -> Float[Array, " k"]:
+def sdft_refresh_weights(
+    init_weight: ScalarLike, anchor: ScalarLike, refreshes: int, demo_old_weight: ScalarLike = 0.0
+) -> Float[Array, " k"]:
     r"""Evolving teacher T_k = (1 - a) q_k + a p_c with the student fully converged to T_k before the
     next refresh (T7 Example A): beta_{k+1} = (1 - a) beta_k + a beta_c, i.e.
     beta_k = beta_c + (1 - a)^k (beta_0 - beta_c); geometric mass forgetting for p_c = p_new*."""
-    k = jnp.arange(refreshes + 1)
+    k = jnp.arange(refreshes + 1, dtype=jnp.result_type(float))
     b_c = jnp.asarray(demo_old_weight)
     return b_c + jnp.power(1 - jnp.asarray(anchor), k) * (jnp.asarray(init_weight) - b_c)
 
 
-def sdft_anchored_weight(init_weight, anchor, demo_old_weight=0.0) -> Scalar:
+def sdft_anchored_weight(
+    init_weight: FloatLike, anchor: FloatLike, demo_old_weight: FloatLike = 0.0
+) -> Float[Array, " ..."]:
     r"""Anchored (frozen) teacher T = (1 - a) q_0 + a p_c: beta_inf = (1 - a) beta_0 + a beta_c (T7 Example B)."""
     return sdft_anchor_density_weight(init_weight, anchor, demo_old_weight)
 
 
-def sdft_ema_weights(steps: int, init_weight, learning_rate, ema, teacher_map, direction: str = "reverse",
-                     ) -> Float[Array, " T"]:
+def sdft_ema_weights(
+    steps: int,
+    init_weight: ScalarLike,
+    learning_rate: ScalarLike,
+    ema: ScalarLike,
+    teacher_map: Callable[[Scalar], ScalarLike],
+    direction: str = "reverse",
+) -> Float[Array, " T"]:
     r"""beta_theta(t), t = 0..steps, of SDFT's coupled student / EMA-teacher dynamics in the separated
     limit with the components of student, teacher and demo coinciding (means at truth), logit GD
     and the EMA in logit space (docs/science/methods.md A):

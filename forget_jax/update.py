@@ -74,7 +74,10 @@ def apply_update(
     optimizer: optax.GradientTransformation,
 ) -> tuple[LearnerParams, optax.OptState]:
     """One descent step theta <- project(theta - eta_group * optimizer(precondition(grad)))."""
-    directions, opt_state = optimizer.update(precondition(grads, params, setup), opt_state, params)
+    # optax's Adam bias correction raises a Python float to the int32 step count: standard promotion
+    # there only (forget-jax's own code runs under strict dtype promotion in the tests)
+    with jax.numpy_dtype_promotion("standard"):
+        directions, opt_state = optimizer.update(precondition(grads, params, setup), opt_state, params)
     rates = group_learning_rates(hyper)
     stepped = jax.tree.map(lambda p, d, r: p - r * d, params, directions, rates)
     return project(stepped, setup), opt_state

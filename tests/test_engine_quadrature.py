@@ -38,8 +38,15 @@ def kl_reference(p, q):
         lp = log_mixture(x, *p)
         return math.exp(lp) * (lp - log_mixture(x, *q))
 
-    return integrate.quad(integrand, min(centres) - 30, max(centres) + 30, points=sorted(set(centres)),
-                          limit=500, epsabs=1e-15, epsrel=1e-13)[0]
+    return integrate.quad(
+        integrand,
+        min(centres) - 30,
+        max(centres) + 30,
+        points=sorted(set(centres)),
+        limit=500,
+        epsabs=1e-15,
+        epsrel=1e-13,
+    )[0]
 
 
 CASES = [  # (p, q): learner / target pairs like those the simulations visit
@@ -51,7 +58,7 @@ CASES = [  # (p, q): learner / target pairs like those the simulations visit
     ((0.5, 0.0, 6.0), (0.5, 0.0, 5.0)),
     ((0.3, 0.0, 8.0), (0.6, 0.5, 9.0)),
     ((0.5, 0.0, 10.0), (0.5, 0.0, 9.0)),
-    ((0.2, -1.0, 3.0, 0.7, 1.5), (0.5, 0.0, 3.5, 1.0, 1.2)),   # unequal scales
+    ((0.2, -1.0, 3.0, 0.7, 1.5), (0.5, 0.0, 3.5, 1.0, 1.2)),  # unequal scales
 ]
 
 
@@ -62,6 +69,7 @@ def test_kl_quadrature_matches_scipy(p, q):
     case ~1.5e-5, at Delta = 6) and 2e-4 for the unequal-scale case (measured 1e-4; 1e-6 at 128
     nodes), and to 1e-7 relative at 128 nodes for equal scales and Delta <= 4 (convergence of the
     rule)."""
+
     def mixture(m):
         s_o, s_n = (m[3], m[4]) if len(m) > 3 else (1.0, 1.0)
         return Mixture(jnp.float64(m[0]), jnp.array([m[1]]), jnp.array([m[2]]), jnp.float64(s_o), jnp.float64(s_n))
@@ -87,12 +95,25 @@ def test_logged_kl_metrics_match_scipy():
     sep = np.array([2.0, 4.0, 6.0, 4.0])
     b_star = np.array([0.5, 0.5, 0.4, 0.3])
     lam = np.array([0.0, 0.3, 0.1, 0.5])
-    out = simulate(setup, make_hyper(separation=sep, target_old_weight=b_star, init_new_offset=[-1.0, 1.0, -1.5, -0.5],
-                                     init_old_weight=[0.5, 0.3, 0.5, 0.7], replay_ratio=lam, init_old_offset=[0.0, 0.2, 0.0, -0.3],
-                                     learning_rate=[0.05, 0.05, 0.1, 0.02]))
+    out = simulate(
+        setup,
+        make_hyper(
+            separation=sep,
+            target_old_weight=b_star,
+            init_new_offset=[-1.0, 1.0, -1.5, -0.5],
+            init_old_weight=[0.5, 0.3, 0.5, 0.7],
+            replay_ratio=lam,
+            init_old_offset=[0.0, 0.2, 0.0, -0.3],
+            learning_rate=[0.05, 0.05, 0.1, 0.02],
+        ),
+    )
     for i in range(4):
         for k in (0, 1, 10):
-            q = (float(out["old_weight"][i, k]), float(out["old_mean_position"][i, k]), float(out["new_mean_position"][i, k]))
+            q = (
+                float(out["old_weight"][i, k]),
+                float(out["old_mean_position"][i, k]),
+                float(out["new_mean_position"][i, k]),
+            )
             target = (b_star[i], 0.0, sep[i])
             train = (lam[i], 0.0, sep[i])
             np.testing.assert_allclose(out["kl_to_target"][i, k], kl_reference(q, target), rtol=2e-4, atol=1e-6)

@@ -37,7 +37,7 @@ class Reward(eqx.Module):
     slope: Float[Array, " k"]
     width: Scalar
 
-    def __call__(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
+    def __call__(self, x: Float[Array, "... k"]) -> Float[Array, " ..."]:
         if self.kind == "linear":
             return x @ self.slope
         if self.kind == "log_new":

@@ -69,7 +69,7 @@ class Teacher(eqx.Module):
     anchor: Mixture
     anchor_weight: Scalar
 
-    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, ...]:
+    def log_prob(self, x: Float[Array, "... k"]) -> Float[Array, " ..."]:
         a = self.anchor_weight
         return jnp.logaddexp(jnp.log1p(-a) + self.base.log_prob(x), jnp.log(a) + self.anchor.log_prob(x))
 

@@ -56,8 +56,8 @@ BISECTIONS = 60
 
 
 def tilt_kl(
-    eta: Float[Array, ...], rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"]
-) -> Float[Array, ...]:
+    eta: Float[Array, " ..."], rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"]
+) -> Float[Array, " ..."]:
     r"""KL(p_eta || p_0) with p_0 = exp(log_weights) (normalised) and p_eta ∝ p_0 e^{eta r}:
 
     KL = sum_i p_eta,i eta (r_i - r_max) - log sum_i p_0,i e^{eta (r_i - r_max)}
@@ -74,7 +74,9 @@ def tilt_kl(
     return jnp.sum(jnp.where(p > 0, p * shifted, 0.0), axis=-1) - log_z[..., 0]
 
 
-def solve_eta(rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"], budget: Scalar) -> Float[Array, ...]:
+def solve_eta(
+    rewards: Float[Array, "... n"], log_weights: Float[Array, "... n"], budget: Scalar
+) -> Float[Array, " ..."]:
     """eta >= 0 with KL(p_eta || p_0) = budget (docs/science/methods.md B step 1): hi = 1, 2, 4, ... until the KL
     reaches the budget (capped at 1e6, returned when never reached), then 60 bisection steps on
     [hi / 2, hi] ([0, 1] if hi = 1). KL is non-decreasing in eta. Not differentiated."""

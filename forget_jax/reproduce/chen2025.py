@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussian import log_normal
+from ..model import new_mode_position
 from .figures import color, label_panel, new_figure
 from .framework import Context, base_config, fmt
 
@@ -43,7 +45,7 @@ MAIN = "x3.5"
 
 
 def _position(cfg) -> float:
-    return cfg["target_old_mean"] + cfg["separation"] * cfg["target_old_scale"]
+    return new_mode_position(cfg["target_old_mean"], cfg["separation"], cfg["target_old_scale"])
 
 
 def _run(ds, objective, lr):
@@ -67,7 +69,9 @@ def _mean_se(x):
 
 
 def _normal(x, m, s):
-    return np.exp(-0.5 * ((x - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+    """N(x; m, s^2) on a 1-D grid (for the figure), from the gaussian.py primitive."""
+    x = np.asarray(x, np.float32)[:, None]
+    return np.asarray(np.exp(log_normal(x, np.full((1,), m, np.float32), np.float32(s))), np.float64)
 
 
 def analyze(stores, ctx: Context):
