@@ -39,6 +39,7 @@ def _float(x: IntLike | FloatLike) -> Float[Array, " ..."]:
     promotion does not mix integer arrays with floats)."""
     return jnp.asarray(x, jnp.result_type(float))
 
+
 # ---------------------------------------------------------------------------------------------
 # D3: overlap
 
