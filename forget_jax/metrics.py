@@ -81,8 +81,40 @@ def component_overlap(
     return jnp.trapezoid(jnp.minimum(p, q), xs) / jnp.trapezoid(p, xs)
 
 
+def old_mode_mass(q: Mixture, target: Mixture, setup: Setup) -> Scalar:
+    r"""The old weight of a uni-modal learner q = N(m, s^2 I): $E_{x \sim q}[w^*_o(x)]$ with
+    $w^*_o = \beta^* N(\mu_o^*, s_o^{*2}) / p^*$ the target's posterior of its old mode.
+
+    Trapezoid rule along e_1 on the overlap grid (setup.overlap_grid, else m_1 +- 8 s with 512
+    points): w*_o depends on x_1 only (target means on e_1; d > 1 has equal scales) and the
+    marginal of q along e_1 is N(m_1, s^2). Gauss-Hermite under q converges slowly here (w*_o is a
+    steep sigmoid, two-sided for unequal scales: 64 nodes are 1e-3 off), the grid does not."""
+    e1 = axis(setup.dim, setup.dtype)
+    xs = _overlap_grid(q.old_mean @ e1, q.old_scale, setup)
+    grid = xs[:, None]
+    log_q = log_normal(grid, (q.old_mean @ e1)[None], q.old_scale)
+    log_o = jnp.log(target.old_weight) + log_normal(grid, (target.old_mean @ e1)[None], target.old_scale)
+    log_n = jnp.log1p(-target.old_weight) + log_normal(grid, (target.new_mean @ e1)[None], target.new_scale)
+    return jnp.trapezoid(jnp.exp(log_q + log_o - jnp.logaddexp(log_o, log_n)), xs)
+
+
 def measure(params: LearnerParams, hyper: Hyper, setup: Setup) -> dict[str, Scalar]:
-    """State metrics of theta (everything in METRIC_NAMES that does not need the step history)."""
+    """State metrics of theta (everything in METRIC_NAMES that does not need the step history).
+
+    A uni-modal learner (`learner_modes: 1`, q = N(m, s^2 I); docs/science/studies.md section 5)
+    has no weight parameter, so its metrics read:
+
+    * `old_weight` = E_{x ~ q}[w*_o(x)] (`old_mode_mass`), w*_o = beta* N(mu_o*, s_o*^2) / p* the
+      target's posterior of its old mode: the learner's mass the target attributes to the old mode
+      (~1 at the old mode, ~0 at the new one when they are well separated; beta* if q were p*);
+    * `old_drift` = ||m - mu_o*|| / s_o*: how far the single mode has moved off the old mode
+      (for this learner forgetting is drift; there is no mass to lose);
+    * `new_mean_error` = ||m - mu_n*|| / s_n*, `old_mean_position` = `new_mean_position` = m,
+      `old_scale` = `new_scale` = s;
+    * `old_overlap`, `new_overlap`: CRNC25's single-mode accuracies int min(w*_k N*_k, q) /
+      w*_k with the whole (unweighted) q, as in their `run_single_mode.py`;
+    * the misassignments are 0: there is no second component to assign old data to.
+    """
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
     p_train = training_mixture(hyper, setup)
@@ -93,10 +125,17 @@ def measure(params: LearnerParams, hyper: Hyper, setup: Setup) -> dict[str, Scal
     e1 = axis(setup.dim, setup.dtype)
     beta = q.old_weight
     pooled_scale = jnp.sqrt(q.old_scale * q.new_scale)
+    if setup.learner_modes == 1:
+        # one Gaussian (model.learner_mixture): its mass near the old mode is E_q[w*_o(x)] and it
+        # is the model component of both CRNC25 accuracies (their single-mode code, unweighted q)
+        reported_weight = old_mode_mass(q, target, setup)
+        new_model_weight = jnp.ones_like(beta)
+    else:
+        reported_weight, new_model_weight = beta, 1 - beta
     return dict(
-        old_weight=beta,
+        old_weight=reported_weight,
         old_drift=old_drift(params, target),
-        new_mean_error=jnp.linalg.norm(params.new_mean - target.new_mean) / target.new_scale,
+        new_mean_error=jnp.linalg.norm(q.new_mean - target.new_mean) / target.new_scale,
         kl_to_target=kl_divergence(q_k, t_k, order),
         kl_from_train=kl_divergence(tr_k, q_k, order),
         soft_misassignment=soft_misassignment(t_k, q_k, order),
@@ -107,7 +146,13 @@ def measure(params: LearnerParams, hyper: Hyper, setup: Setup) -> dict[str, Scal
             target.old_weight, target.old_mean @ e1, target.old_scale, beta, q.old_mean @ e1, q.old_scale, setup
         ),
         new_overlap=component_overlap(
-            1 - target.old_weight, target.new_mean @ e1, target.new_scale, 1 - beta, q.new_mean @ e1, q.new_scale, setup
+            1 - target.old_weight,
+            target.new_mean @ e1,
+            target.new_scale,
+            new_model_weight,
+            q.new_mean @ e1,
+            q.new_scale,
+            setup,
         ),
         old_mean_position=q.old_mean @ e1,
         new_mean_position=q.new_mean @ e1,

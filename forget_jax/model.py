@@ -1,5 +1,8 @@
 """The two-mode Gaussian mixture: target p*, learner q_theta, and its parameterisations.
 
+`learner_modes: 1` replaces the learner by one Gaussian N(m_o, s_o^2 I) (CRNC25's uni-modal
+contrast, docs/science/studies.md section 5; `learner_mixture`).
+
 docs/science/model.md section 1: q_theta(x) = beta N(x; m_o, s_o^2 I) + (1 - beta) N(x; m_n, s_n^2 I),
 p* = beta* N(mu_o*, s_o*^2 I) + (1 - beta*) N(mu_n*, s_n*^2 I), all means on the separation axis e_1
 at initialisation.
@@ -105,6 +108,24 @@ def weight_parameter(beta: Scalar, setup: Setup) -> Scalar:
 
 
 def learner_mixture(params: LearnerParams, setup: Setup) -> Mixture:
+    """q_theta as a distribution.
+
+    Two modes (`learner_modes: 2`): beta N(m_o, s_o^2 I) + (1 - beta) N(m_n, s_n^2 I).
+
+    One mode (`learner_modes: 1`, CRNC25's uni-modal learner, docs/science/studies.md section 5):
+    q_theta = N(m_o, s_o^2 I), the old slot with its weight held at exactly 1. The new slot carries
+    a stop-gradient copy of the same Gaussian with weight 0, so every density, sample and
+    quadrature of the two-slot code is that of the single Gaussian (a zero-weight component
+    contributes exactly 0: `gaussian._log_mix`, `divergence.mixture_expectation`), and the
+    unused parameters (weight, m_n, s_n) get an exactly zero gradient: nothing is learned for a
+    component that does not exist. The single Gaussian is the old group (old learning-rate
+    scale, `train_old_mean`), i.e. the pre-trained model's one mode that has to move to learn
+    the new task; `metrics.measure` defines the forgetting metrics of this learner.
+    """
+    if setup.learner_modes == 1:
+        sg = jax.lax.stop_gradient
+        one = jnp.ones((), setup.dtype)
+        return Mixture(one, params.old_mean, sg(params.old_mean), params.old_scale, sg(params.old_scale))
     return Mixture(old_weight(params, setup), params.old_mean, params.new_mean, params.old_scale, params.new_scale)
 
 

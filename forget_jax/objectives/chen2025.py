@@ -48,8 +48,12 @@ def chen2025_fkl(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(log(q_theta(x) + 1e-12)), x ~ p_train (ancestral; their preset has
-    lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`."""
-    if setup.estimator == "population" or setup.sampling != "ancestral":
+    lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`.
+
+    Uni-modal learner (`learner_modes: 1`): their `run_single_mode.py::fit_forward_kl` uses the
+    exact score (x - mu) / s^2 of log N(x; mu, s^2), without the floor, so this is plain
+    `forward_kl` (the floor would matter: q(x) < 1e-12 for most target samples at the start)."""
+    if setup.estimator == "population" or setup.sampling != "ancestral" or setup.learner_modes == 1:
         return forward_kl(params, hyper, setup, key)
     q = learner_mixture(params, setup)
     p_train = training_mixture(hyper, setup)
@@ -63,10 +67,24 @@ def chen2025_fkl(
 def chen2025_reinforce(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component)."""
+    """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component).
+
+    Uni-modal learner (`learner_modes: 1`, their `run_single_mode.py::fit_reinforce`): x ~ q =
+    N(m, s^2), reward R = log(p_2(x) / (q(x) + 1e-12) / tau + 1e-12), no importance weight, ascent
+    along mean(R grad log q). Without the floors its expectation is -grad KL(q || p_2) (the
+    constant -log tau multiplies E_q[grad log q] = 0): reverse KL to the unweighted target new
+    component, whose unique optimum is q = p_2 = N(mu_n*, s_n*^2)."""
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
     log_tiny = jnp.log(jnp.asarray(TINY, setup.dtype))
+    if setup.learner_modes == 1:
+        x = sg(component_draws(q, key, setup)[0])
+        log_q = q.log_prob(x)
+        log_p2 = log_normal(x, target.new_mean, target.new_scale)
+        floored_q = jnp.logaddexp(log_q, log_tiny)
+        reward = jnp.logaddexp(log_p2 - floored_q - jnp.log(hyper.reward_temperature), log_tiny)
+        surrogate = -jnp.mean(sg(reward) * log_q)
+        return surrogate, Estimate(sg(-jnp.mean(reward)), jnp.zeros((), bool), jnp.ones((), setup.dtype))
     x = sg(component_draws(q, key, setup)[1])  # the learner's new component only
     log_n1, log_n2 = q.component_log_probs(x)
     log_q1 = jnp.log(q.old_weight) + log_n1
