@@ -7,6 +7,7 @@ pd1        mass forgetting vs separation: FKL new-only / FKL with replay / RKL (
 pd2        RKL old-mean drift vs separation: ln delta_max against Delta^2, slope -1/8 (T4, PD2)
 pd3        old-mode starvation: (batch size x replay ratio), ((1-lambda)(1-beta))^B (T6, PD3)
 pd4        FKL replay: beta_infinity = lambda (T2, PD4)
+pd5        SDFT / TTT-Discover / OAPL: old weight and drift over each method's knobs (T7-T9, PD5)
 pd6        FKL weight time courses under direct / logit / replicator updates (T1, PD6)
 rates      RKL convergence rates vs 1 - eta lambda_min(H), stability 2 / lambda_max (T5)
 chen2025   CRNC25's toy: drop / gain of FKL, their surrogate RKL and the exact RKL (section 5)
@@ -30,7 +31,7 @@ from pathlib import Path
 from .framework import Claim, Context, StoreRecord, ensure_store, study_configs
 
 #: Study names in report order.
-STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd6", "rates", "chen2025")
+STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd5", "pd6", "rates", "chen2025")
 
 __all__ = ["STUDY_NAMES", "Claim", "run_studies", "study_module"]
 
