@@ -103,7 +103,9 @@ def test_misassignment_closed_forms_and_bounds(beta, delta):
     """docs/science/claims.md fact 2 (docs/science/model.md D4) over a grid of beta and Delta:
     eps_{o->n} = Phi_bar(Delta/2 + ln(beta/(1-beta))/Delta), eps_{n->o} = Phi_bar(Delta/2 - ...),
     soft eps~_{o->n} = E_{N_o}[w_n] (theory.soft_misassignment, Gauss-Hermite) against scipy, and
-    the three Bhattacharyya bounds (hard, soft, Bayes error) hold for the reference values.
+    the three Bhattacharyya bounds (hard, soft, Bayes error): theory's bound functions equal the
+    right-hand sides of their pointwise derivation (a constant times the Bhattacharyya integral,
+    by quad) and hold for the scipy reference values.
 
     The soft value is a Gauss-Hermite quadrature of a logistic whose transition sits in the far
     tail of N_o for large Delta: with the default 96 nodes it is exact to 1e-12 for Delta <= 2,
@@ -125,25 +127,34 @@ def test_misassignment_closed_forms_and_bounds(beta, delta):
     np.testing.assert_allclose(e_no, hard_no, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(e_soft, soft, rtol=1e-5 if delta <= 4 else 1e-4, atol=1e-14)
 
-    bc = math.exp(-(delta**2) / 8)
-    np.testing.assert_allclose(hard_bound, math.sqrt((1 - beta) / beta) * bc, rtol=1e-12)
-    np.testing.assert_allclose(soft_bound, 0.5 * math.sqrt((1 - beta) / beta) * bc, rtol=1e-12)
-    np.testing.assert_allclose(bayes_bound, math.sqrt(beta * (1 - beta)) * bc, rtol=1e-12)
-    assert hard_on <= math.sqrt((1 - beta) / beta) * bc
-    assert soft <= 0.5 * math.sqrt((1 - beta) / beta) * bc
-    assert beta * hard_on + (1 - beta) * hard_no <= math.sqrt(beta * (1 - beta)) * bc
+    # The bounds, derived pointwise with r(x) = (1 - beta) N_n(x) / (beta N_o(x)):
+    #   hard: 1[w_n > 1/2] = 1[r > 1] <= sqrt(r)        -> eps_on <= sqrt((1-beta)/beta) int sqrt(N_o N_n)
+    #   soft: w_n = r / (1 + r) <= sqrt(r) / 2 (AM-GM)   -> eps~_on <= (1/2) sqrt((1-beta)/beta) int sqrt(N_o N_n)
+    #   Bayes: min(beta N_o, (1-beta) N_n) <= sqrt(beta (1-beta) N_o N_n)
+    # so each right-hand side is a constant times the Bhattacharyya integral, computed here by quad.
+    overlap = quad(
+        lambda x: math.sqrt(stats.norm.pdf(x) * stats.norm.pdf(x, delta)), -40, delta + 40, points=[delta / 2]
+    )
+    np.testing.assert_allclose(hard_bound, math.sqrt((1 - beta) / beta) * overlap, rtol=1e-9)
+    np.testing.assert_allclose(soft_bound, 0.5 * math.sqrt((1 - beta) / beta) * overlap, rtol=1e-9)
+    np.testing.assert_allclose(bayes_bound, math.sqrt(beta * (1 - beta)) * overlap, rtol=1e-9)
+    assert hard_on <= hard_bound and soft <= soft_bound
+    assert beta * hard_on + (1 - beta) * hard_no <= bayes_bound
 
 
 def test_misassignment_worked_example():
-    """docs/science/claims.md fact 2 / docs/science/model.md D4 example, beta = .5, Delta = 4: eps = .02275 <= .135,
-    eps~ = .0343 <= .0677 (reference values from scipy)."""
+    """docs/science/claims.md fact 2 / docs/science/model.md D4 example, beta = .5, Delta = 4: the engine's
+    eps = .02275 <= .135 and eps~ = .0343 <= .0677, the quoted values of the science pages, and
+    equal to the scipy references."""
     hard_on, _, soft = reference_misassignment(0.5, 4.0)
-    assert round(hard_on, 5) == 0.02275
-    assert round(soft, 4) == 0.0343
-    assert round(0.5 * math.exp(-2.0), 4) == 0.0677
     with jax.enable_x64(True):
-        assert abs(float(theory.soft_misassignment(0.5, 4.0)) - soft) < 1e-8
-        assert abs(float(theory.misassignment_old_to_new(0.5, 4.0)) - hard_on) < 1e-12
+        e_hard = float(theory.misassignment_old_to_new(0.5, 4.0))
+        e_soft = float(theory.soft_misassignment(0.5, 4.0))
+        hard_bound = float(theory.hard_misassignment_bound(0.5, 4.0))
+        soft_bound = float(theory.soft_misassignment_bound(0.5, 4.0))
+    assert abs(e_soft - soft) < 1e-8 and abs(e_hard - hard_on) < 1e-12
+    assert (round(e_hard, 5), round(hard_bound, 3)) == (0.02275, 0.135)
+    assert (round(e_soft, 4), round(soft_bound, 4)) == (0.0343, 0.0677)
 
 
 def test_general_hard_misassignment_against_monte_carlo():
@@ -178,7 +189,8 @@ def test_general_hard_misassignment_against_monte_carlo():
 def test_starvation_probability_against_monte_carlo(beta, lam, batch, quoted):
     """docs/science/claims.md fact 10 (docs/science/model.md D6): P(no old-mode sample among B) = ((1-lambda)(1-beta))^B,
     theory.starvation_probability against a NumPy Monte Carlo over component labels
-    (2e5 batches, 4.5 binomial standard errors) and the quoted examples."""
+    (2e5 batches, 4.5 binomial standard errors: a false alarm has probability ~7e-6 per case)
+    and the quoted examples of the science pages."""
     rng = np.random.default_rng(1)
     n = 200_000
     replayed = rng.random((n, batch)) < lam
@@ -187,11 +199,9 @@ def test_starvation_probability_against_monte_carlo(beta, lam, batch, quoted):
     freq = starved.mean()
     with jax.enable_x64(True):
         engine = float(theory.starvation_probability(beta, lam, batch))
-    exact = ((1 - lam) * (1 - beta)) ** batch
-    assert abs(engine - exact) <= 1e-12 * exact
-    assert abs(freq - exact) < 4.5 * math.sqrt(exact * (1 - exact) / n)
+    assert abs(freq - engine) < 4.5 * math.sqrt(engine * (1 - engine) / n)
     if quoted is not None:
-        assert round(exact, 4) == quoted
+        assert round(engine, 4) == quoted
 
 
 @pytest.mark.parametrize("beta", [0.01, 0.05, 0.3])
@@ -282,15 +292,13 @@ def test_fisher_eigenvalues_and_matrix_at_delta_4(engine_hessians):
 
 def test_fisher_separated_limit():
     """T5: for well-separated modes I(theta*) -> diag(beta*(1-beta*) [logit] or 1/(beta*(1-beta*))
-    [direct], beta*, 1-beta*); scipy Fisher at Delta = 10 against that diagonal (written here) and
-    against theory.separated_limit_fisher."""
+    [direct], beta*, 1-beta*): theory.separated_limit_fisher against the scipy Fisher at Delta = 10
+    (overlap corrections O(BC(10)) = 4e-6 per unit of the diagonal: tolerance 1e-4 of its scale)."""
     for weight_param, beta in (("logit", 0.5), ("logit", 0.3), ("direct", 0.3)):
         fisher = reference_fisher(10.0, beta, weight_param)
-        w = beta * (1 - beta) if weight_param == "logit" else 1 / (beta * (1 - beta))
-        ideal = np.diag([w, beta, 1 - beta])
-        np.testing.assert_allclose(fisher, ideal, atol=1e-4 * max(1.0, w))
         with jax.enable_x64(True):
-            np.testing.assert_allclose(np.asarray(theory.separated_limit_fisher(beta, weight_param)), ideal, rtol=1e-12)
+            limit = np.asarray(theory.separated_limit_fisher(beta, weight_param))
+        np.testing.assert_allclose(limit, fisher, atol=1e-4 * np.abs(fisher).max())
 
 
 def test_fisher_off_diagonals_decay_like_bhattacharyya(engine_hessians):
@@ -308,6 +316,3 @@ def test_fisher_off_diagonals_decay_like_bhattacharyya(engine_hessians):
         eng = [abs(engine_hessians[(d, 0.5, "logit")][i, j]) for d in (8.0, 10.0)]
         eng_slope = (math.log(eng[1]) - math.log(eng[0])) / (10.0**2 - 8.0**2)
         assert -0.16 <= eng_slope <= -0.09, (i, j, eng_slope)
-        # relative to the Bhattacharyya coefficient the entries stay polynomially bounded
-        ratio = ref / np.exp(-np.square(deltas) / 8)
-        assert np.all(ratio < 5 * np.square(deltas))
