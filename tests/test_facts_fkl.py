@@ -215,13 +215,24 @@ def test_fkl_direct_weight_hits_zero(direct_run):
     ref_zero = [int(steps[np.argmax(b <= 1e-9)]) for b in reference]
     assert beta[0, -1] == 0.0 and beta[1, -1] < 1e-9
     assert [abs(a - b) <= setup.log_every for a, b in zip(first_zero, ref_zero)] == [True, True]
-    t_star = 0.5 * (2 - 0.5) / (2 * 1e-3)
-    assert float(theory.fkl_weight_zero_time(0.5, 1e-3)) == pytest.approx(t_star)
+    # separated-limit GD, independent of the closed forms: dL/dbeta = 1/(1 - beta) (L = -log(1 - beta)
+    # + const when p_train = p_new and the modes do not overlap), beta <- max(beta - eta/(1 - beta), 0)
+    euler = [0.5]
+    while len(euler) <= setup.steps:
+        euler.append(max(euler[-1] - 1e-3 / (1 - euler[-1]), 0.0) if euler[-1] > 0 else 0.0)
+    euler = np.array(euler)
+    euler_zero = int(np.argmax(euler == 0.0))
+    t_star = float(theory.fkl_weight_zero_time(0.5, 1e-3))
+    # Euler of d beta/dt = -eta/(1 - beta) from beta0 hits 0 within one step of the ODE's t* (the
+    # slope is bounded by 2 eta on [0, .5]), so t* lies within 2 steps of the Euler zero
+    assert abs(t_star - euler_zero) <= 2, (t_star, euler_zero)
     assert t_star <= first_zero[1] <= t_star + 2 * setup.log_every  # Delta = 8: 375 (+ Euler)
     assert t_star <= first_zero[0] <= 1.15 * t_star  # Delta = 4: ~413
-    closed = np.maximum(1 - np.sqrt((1 - 0.5) ** 2 + 2 * 1e-3 * steps), 0.0)
+    closed = np.asarray(theory.fkl_weight_euclidean(steps, 0.5, 1e-3))
+    # Euler vs ODE: the local error eta^2 / (1 - beta)^3 summed over ~t* steps is < 3e-3 until the
+    # last few steps before 0, where both reach 0 within one logged interval
+    np.testing.assert_allclose(closed, euler[steps], atol=3e-3)
     np.testing.assert_allclose(beta[1], closed, atol=3e-3)
-    np.testing.assert_allclose(np.asarray(theory.fkl_weight_euclidean(steps, 0.5, 1e-3)), closed, atol=1e-6)
 
 
 def test_fkl_logit_weight_decays_like_one_over_t(logit_run):
@@ -229,7 +240,9 @@ def test_fkl_logit_weight_decays_like_one_over_t(logit_run):
     reference to 1e-3 relative; beta(1000) = .0122 and beta(1e4) = 1.4e-3, within 2x of
     1/(1/beta0 + eta t) (quoted). In the separated limit (Delta = 8) da/dt = -beta: the engine
     follows that recursion a <- a - eta sigmoid(a) (NumPy) within 1%, and the small-beta law
-    1/(1/beta0 + eta t) within 5% once beta < .02 (t >= 1000)."""
+    theory.fkl_weight_logit = 1/(1/beta0 + eta t) within 5% once beta < .02 (t >= 1000): for small
+    beta, da/dt = -beta gives d(1/beta)/dt = eta (1 - beta) ~ eta, a relative error O(beta) < 2%
+    plus the early transient."""
     setup, out = logit_run
     steps = setup.logged_steps()
     beta = out["old_weight"].astype(float)
@@ -237,8 +250,7 @@ def test_fkl_logit_weight_decays_like_one_over_t(logit_run):
         :, steps
     ]
     np.testing.assert_allclose(beta, reference, rtol=1e-3)
-    law = 1 / (1 / 0.5 + 0.1 * steps)
-    np.testing.assert_allclose(np.asarray(theory.fkl_weight_logit(steps, 0.5, 0.1)), law, rtol=1e-6)
+    law = np.asarray(theory.fkl_weight_logit(steps, 0.5, 0.1), float)
     assert abs(beta[0, steps == 1000][0] - 0.0122) < 2e-4
     assert abs(beta[0, -1] - 1.4e-3) < 1e-4
     assert 0.5 < beta[0, -1] / law[-1] < 2.0
@@ -268,6 +280,8 @@ def test_fkl_replicator_weight_decays_exponentially(replicator_run):
     )[0]
     np.testing.assert_allclose(beta, reference, rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(beta[1], 0.5 * (1 - 0.01) ** t, rtol=0.02)
+    # beta0 e^{-eta t} vs the discrete beta0 (1 - eta)^t: ratio e^{-t (eta + log(1 - eta))}
+    # ~ e^{-eta^2 t / 2} >= e^{-.025} at t = 500, so 3% covers the law (plus the 2% above)
     np.testing.assert_allclose(beta[1], np.asarray(theory.fkl_weight_replicator(t, 0.5, 0.01)), rtol=0.05)
     assert np.all(np.diff(beta[0]) < 0) and beta[0, -1] < 0.01
     em = quad(
@@ -280,7 +294,7 @@ def test_fkl_replicator_weight_decays_exponentially(replicator_run):
         points=[0.0, 2.0, 4.0],
     )
     assert abs(beta[2, 1] - em) < 5e-5 * em
-    assert round(em, 4) == 0.0343
+    assert round(float(beta[2, 1]), 4) == 0.0343  # the quoted D4 soft misassignment at beta = .5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +308,6 @@ def test_fkl_replay_optimum_is_lambda(trainable_run):
     _setup, out = trainable_run
     for i, (lam, _, _) in enumerate(TRAINABLE_CONFIGS[1:5], start=1):
         assert abs(out["old_weight"][i, -1] - lam) < 1e-3
-        assert abs(float(theory.fkl_replay_optimum(lam)) - lam) < 1e-7
         assert abs(out["old_mean_position"][i, -1] - 0.0) < 1e-3
         assert abs(out["new_mean_position"][i, -1] - 4.0) < 1e-3
         assert out["kl_from_train"][i, -1] < 1e-5
