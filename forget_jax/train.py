@@ -2,8 +2,9 @@
 
 Structure (purejaxrl / gymnax): an outer `lax.scan` over logged points, an inner `lax.scan` over
 the `log_every` steps between them, so memory is O(steps / log_every) and no Python runs inside
-the loop. The PRNG key of step t of a configuration is `fold_in(key(seed), t)`: it depends on
-that configuration's own seed only, never on the batch it runs in.
+the loop. The PRNG key of step t of a configuration is the objective's `batch_key(key(seed), t,
+hyper, setup)` (default `fold_in(key(seed), t)`; OAPL's batch reuse: one key per sync window): it
+depends on that configuration's own seed and values only, never on the batch it runs in.
 
 Divergence (NaN / inf in the parameters or the loss) is recorded per configuration in the
 `diverged` flag; the batch keeps running and other configurations are unaffected (every
@@ -87,7 +88,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
 
         def step(state: TrainState, t) -> tuple[TrainState, None]:
             grad_fn = jax.grad(evaluate, has_aux=True)
-            grads, estimate = grad_fn(state.params, hyper, jax.random.fold_in(key, t), state.companion)
+            grads, estimate = grad_fn(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
             finite = _all_finite(params)  # a non-finite loss makes the gradient, hence theta, non-finite
             companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
@@ -103,7 +104,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
 
         def record(state: TrainState, t, starved_fraction) -> dict[str, Scalar]:
             metrics = measure(state.params, hyper, setup)
-            _, estimate = evaluate(state.params, hyper, jax.random.fold_in(key, t), state.companion)
+            _, estimate = evaluate(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
             metrics.update(
                 loss=estimate.loss,
                 starved_fraction=starved_fraction,

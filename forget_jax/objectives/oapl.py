@@ -20,12 +20,20 @@ reward (components shift by s^2 w / beta); the quadratic and log_new rewards als
 component variance (docs/science/methods.md section 0), so with fixed scales the regression is a projection
 and the recursion holds only approximately.
 
-Sampling. Each step draws a *fresh* batch (num_groups x G, ancestral) from the current q_lag;
-the paper reuses one batch drawn at each sync for the whole lag. Both have the same
-distribution; fresh draws remove the reuse correlation (an acceptable simplification: the
-off-policyness -- samples from a policy up to L steps old -- is kept). Estimate.starved is True
+Sampling. By default each step draws a *fresh* batch (num_groups x G, ancestral) from the
+current q_lag. With `oapl_reuse_batch: true` one batch is drawn per sync window and reused for
+its L steps, as the paper's offline rounds do: `batch_key` returns fold_in(key(seed), t // L) for
+step t, and steps t = kL, ..., kL + L - 1 all run on theta_lag = theta(kL) (the sync follows steps
+L, 2L, ...), so they see the same samples. Each step's batch has the same distribution either
+way (so the expected gradient at given theta is the same); reuse makes the steps of a window
+share their noise (docs/science/methods.md C, "As implemented"). Estimate.starved is True
 when the batch holds no old-mode sample of q_lag (with one group per batch its probability is
 (1 - beta_lag)^G, docs/science/claims.md T9).
+
+beta_1 != beta_2 (the published code: beta_1 = 1, beta_2 = 1e-3). V_hat uses beta_1, the
+regression coefficient beta_2; the target r - V is then not beta_2 log of a normalised density
+ratio, and the population minimiser is not the tilt q_lag e^{r / beta_2} / Z: for one Gaussian of
+fixed scale and a linear reward it solves a cubic (docs/science/methods.md C, "beta_1 != beta_2").
 
 `population`: the expectation over q_lag by Gauss-Hermite quadrature and V* = beta_1 log
 E_{q_lag}[e^{r / beta_1}] exactly. `pathwise` is not offered (the samples do not depend on theta).
@@ -89,6 +97,16 @@ def sync_lagged_policy(
     return jax.tree.map(lambda c, p: jnp.where(sync, p, c), companion, params)
 
 
+def oapl_batch_key(run_key: PRNGKeyArray, step, hyper: Hyper, setup: Setup) -> PRNGKeyArray:
+    """Key of step t: fold_in(run_key, t) (fresh batches), or fold_in(run_key, t // L) under
+    `oapl_reuse_batch` (one batch per sync window; windows [kL, (k + 1) L) end at the syncs)."""
+    step = jnp.asarray(step)
+    if not setup.oapl_reuse_batch:
+        return jax.random.fold_in(run_key, step)
+    lag = jnp.maximum(jnp.round(hyper.oapl_lag), 1.0).astype(step.dtype)
+    return jax.random.fold_in(run_key, jnp.floor_divide(step, lag))
+
+
 OAPL = register(
     Objective(
         "oapl",
@@ -125,7 +143,17 @@ OAPL = register(
                 symbol="β₂",
                 objective=("oapl",),
             ),
+            fields.Field(
+                "oapl_reuse_batch",
+                "static",
+                False,
+                "draw one batch per sync and reuse it for the L steps until the next (the paper's offline "
+                "rounds); false: a fresh batch every step (methods.md C)",
+                type=bool,
+                objective=("oapl",),
+            ),
         ),
         companion_update=sync_lagged_policy,
+        batch_key=oapl_batch_key,
     )
 )

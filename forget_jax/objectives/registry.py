@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import jax
+
 from .. import fields
 from .._types import PRNGKeyArray, Scalar
 from ..fields import Field, Rule
@@ -36,6 +38,13 @@ class Loss(Protocol):
 
 
 CompanionUpdate = Callable[[LearnerParams, LearnerParams, Any, Hyper, Setup], LearnerParams]
+BatchKey = Callable[[PRNGKeyArray, Any, Hyper, Setup], PRNGKeyArray]
+
+
+def step_key(run_key: PRNGKeyArray, step, hyper: Hyper, setup: Setup) -> PRNGKeyArray:
+    """The default PRNG key of step t: fold_in(key(seed), t), a fresh batch every step that depends
+    on the configuration's own seed only."""
+    return jax.random.fold_in(run_key, step)
 
 
 def keep_companion(companion: LearnerParams, params: LearnerParams, step, hyper: Hyper, setup: Setup) -> LearnerParams:
@@ -56,6 +65,9 @@ class Objective:
         companion_update: how the companion evolves (default: stays theta(0)).
         preset: values for keys the user leaves unset (e.g. CRNC25's whole setting).
         supports_replay: the objective reads `replay_ratio` (otherwise replay_ratio > 0 is rejected).
+        batch_key: the PRNG key of step t from the run key, `batch_key(run_key, t, hyper, setup)`
+            (default `step_key`: fold_in(run_key, t)); OAPL's batch reuse returns one key per sync
+            window. It must depend on the run key, t and the configuration's own values only.
     """
 
     name: str
@@ -66,6 +78,7 @@ class Objective:
     companion_update: CompanionUpdate = keep_companion
     preset: Mapping[str, Any] | None = None
     supports_replay: bool = False
+    batch_key: BatchKey = step_key
 
 
 OBJECTIVES: dict[str, Objective] = {}
