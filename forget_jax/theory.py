@@ -117,6 +117,27 @@ def batch_size_for_starvation(old_weight: float, replay_ratio: float, delta: flo
     return max(1, math.ceil(math.log(1 / delta) / rate - 1e-12))
 
 
+def old_sample_probability(old_weight: FloatLike, replay_ratio: FloatLike) -> Float[Array, " ..."]:
+    r"""Probability that one draw of the replay proposal m_lambda = (1 - lambda) q + lambda p_old is an
+    old-mode sample: p_old = (1 - lambda) beta + lambda (D6, T6); P(starved) = (1 - p_old)^B."""
+    lam = jnp.asarray(replay_ratio)
+    return (1 - lam) * jnp.asarray(old_weight) + lam
+
+
+def replay_old_mean_noise_factor(old_weight: FloatLike, replay_ratio: FloatLike) -> Float[Array, " ..."]:
+    r"""Var_lambda / Var_0 of the score estimator's old-mean gradient (T6, separated limit):
+    beta / ((1 - lambda) beta + lambda) = beta / p_old.
+
+    Why: the old-mean score f(x) = (log q - log p* - b) w_o(x) Sigma^{-1}(x - m_o) lives on the old
+    mode, where the weight omega = q / m_lambda is beta N_o / ((1 - lambda) beta N_o + lambda N_o)
+    = beta / p_old (p_old = N(mu_o*, Sigma) ~ N_o near mu_o*). Per sample, E_m[omega^2 f^2] =
+    E_q[omega f^2] = (beta / p_old) E_q[f^2], and the mean E_q[f] is unchanged (unbiased), so
+    the noise variance falls by beta / p_old: one over the gain in old-mode samples. Propagated
+    through the same (lambda-independent) mean dynamics, the seed variance of m_o falls by the
+    same factor while the noise is small (linear response)."""
+    return jnp.asarray(old_weight) / old_sample_probability(old_weight, replay_ratio)
+
+
 def replay_weight_bound(replay_ratio: FloatLike) -> Float[Array, " ..."]:
     """omega = q / ((1-lambda) q + lambda r) <= 1 / (1 - lambda) (D5, T6)."""
     return 1.0 / (1.0 - jnp.asarray(replay_ratio))
@@ -155,6 +176,74 @@ def fkl_weight_zero_time(initial_weight: FloatLike, learning_rate: FloatLike) ->
     return initial_weight * (2 - initial_weight) / (2 * learning_rate)
 
 
+def fkl_weight_gradient(old_weight: FloatLike, separation: FloatLike, order: int = 192) -> Float[Array, " ..."]:
+    r"""dL_F/dbeta at finite separation, means fixed at the truth, p_train = p_new (T1 item 1):
+
+        dL_F/dbeta = -E_{N_n}[(N_o - N_n) / q] = (1 - E_{N_n}[N_o / q]) / (1 - beta),
+
+    q = beta N_o + (1 - beta) N_n. In the coordinate z = x - mu_n* (along the mean difference),
+    log N_n - log N_o = Delta^2 / 2 - Delta z, so N_o / q = exp(-logaddexp(log beta,
+    log(1 - beta) + Delta^2 / 2 - Delta z)), bounded by 1 / beta; E_{z ~ N(0, 1)} by
+    Gauss-Hermite (`order` nodes; the integrand is a smooth step of width 1/Delta). It is < 1/(1 - beta)
+    (the separated limit, T1 item 6) at every finite Delta: 1/(1 - beta) - dL_F/dbeta =
+    E_{N_n}[N_o/q] / (1 - beta) > 0, so every update rule decays more slowly than its separated-limit law.
+    """
+    b = jnp.asarray(old_weight)
+    sep = jnp.asarray(separation, dtype=b.dtype)
+    z, w = np.polynomial.hermite.hermgauss(order)
+    nodes = jnp.asarray(z * math.sqrt(2.0), dtype=b.dtype)
+    weights = jnp.asarray(w / math.sqrt(math.pi), dtype=b.dtype)
+    b_, s_ = b[..., None], sep[..., None]
+    log_ratio = 0.5 * s_**2 - s_ * nodes  # log N_n - log N_o at x = mu_n* + z
+    ratio = jnp.exp(-jnp.logaddexp(jnp.log(b_), jnp.log1p(-b_) + log_ratio))  # N_o / q
+    return (1.0 - jnp.sum(weights * ratio, axis=-1)) / (1.0 - b)
+
+
+def fkl_weight_course(
+    steps: int,
+    initial_weight: FloatLike,
+    learning_rate: FloatLike,
+    separation: FloatLike,
+    weight_param: str = "logit",
+    weight_clip: float = 1e-3,
+    order: int = 192,
+) -> Float[Array, "T ..."]:
+    r"""beta(t), t = 0..steps, of forward KL on new data only with both means fixed at the truth, at
+    finite separation (T1 items 1-6, without the separated-limit approximation of (a)-(c)), under
+    the discrete update rules of docs/science/model.md section 1 with g = `fkl_weight_gradient`:
+
+        direct:     beta <- clip(beta - eta g(beta), eps, 1 - eps)
+        logit:      a <- a - eta beta (1 - beta) g(beta),  beta = sigmoid(a)
+        replicator: beta <- clip(beta - eta beta (1 - beta) g(beta), eps, 1 - eps)
+
+    (beta (1 - beta) g = beta (1 - E_{N_n}[N_o/q]) = -(E_p[N_o/q] - 1) beta: the replicator
+    flow of T1 (c)). As Delta grows it tends to `fkl_weight_euclidean` / `fkl_weight_logit`'s exact
+    separated solution / `fkl_weight_replicator`'s discrete beta0 (1 - eta)^t.
+
+    Returns beta of shape (steps + 1, *batch), batch the broadcast shape of the initial weight,
+    learning rate and separation (one scan for a whole batch of courses).
+    """
+    if weight_param not in ("direct", "logit", "replicator"):
+        raise ValueError(f"weight_param={weight_param!r}: choose direct, logit or replicator")
+    dtype = jnp.result_type(float)
+    b0, eta, sep = jnp.broadcast_arrays(
+        jnp.asarray(initial_weight, dtype), jnp.asarray(learning_rate, dtype), jnp.asarray(separation, dtype)
+    )
+
+    def step(beta, _):
+        g = fkl_weight_gradient(beta, sep, order)
+        if weight_param == "direct":
+            nxt = jnp.clip(beta - eta * g, weight_clip, 1.0 - weight_clip)
+        elif weight_param == "logit":
+            nxt = jax.nn.sigmoid(logit(beta) - eta * beta * (1.0 - beta) * g)
+        else:
+            nxt = jnp.clip(beta - eta * beta * (1.0 - beta) * g, weight_clip, 1.0 - weight_clip)
+        return nxt, nxt
+
+    _, course = jax.lax.scan(step, b0, None, length=steps)
+    return jnp.concatenate([b0[None], course])
+
+
 # ---------------------------------------------------------------------------------------------
 # T5: local geometry of reverse KL
 
@@ -164,6 +253,42 @@ def predicted_contraction(hessian: Float[Array | np.ndarray, "p p"], learning_ra
     mu = lambda_min(H) when eta <= 1 / lambda_max (T5)."""
     eigs = jnp.linalg.eigvalsh(hessian)
     return jnp.max(jnp.abs(1.0 - learning_rate * eigs))
+
+
+def contraction_rate(hessian: Float[Array | np.ndarray, "p p"], learning_rate: ScalarLike) -> Scalar:
+    r"""Per-step rate -ln rho of ||theta(t) - theta*|| near theta*, rho = max_i |1 - eta lambda_i(H)|
+    the spectral radius of the linearised GD map (T5): -ln(1 - eta lambda_min) for
+    eta <= 2 / (lambda_min + lambda_max), -ln(eta lambda_max - 1) above, <= 0 (no contraction)
+    for eta >= 2 / lambda_max."""
+    return -jnp.log(predicted_contraction(hessian, learning_rate))
+
+
+def slow_mode_step_limit(hessian: Float[Array | np.ndarray, "p p"]) -> Scalar:
+    r"""2 / (lambda_min + lambda_max): the largest step at which the spectral radius of I - eta H is
+    set by the slowest mode, rho = 1 - eta lambda_min (T5); above it rho = eta lambda_max - 1."""
+    eigs = jnp.linalg.eigvalsh(hessian)
+    return 2.0 / (eigs[0] + eigs[-1])
+
+
+def stability_step_limit(hessian: Float[Array | np.ndarray, "p p"]) -> Scalar:
+    r"""2 / lambda_max(H): GD near theta* contracts iff 0 < eta < 2 / lambda_max (T5)."""
+    return 2.0 / jnp.linalg.eigvalsh(hessian)[-1]
+
+
+def linear_error_bound(
+    initial_error: FloatLike, contraction: FloatLike, steps: IntLike | FloatLike
+) -> Float[Array, " ..."]:
+    r"""||theta(t) - theta*|| <= rho^t ||theta(0) - theta*|| for the linearised map
+    e -> (I - eta H) e (T5 with kappa = 1: I - eta H is symmetric, so its operator norm is its
+    spectral radius rho). Every coordinate of theta - theta*, e.g. the old-mean drift delta (sigma = 1),
+    obeys the same bound."""
+    return jnp.asarray(initial_error) * jnp.power(jnp.asarray(contraction), _float(steps))
+
+
+def steps_to_tolerance(initial_error: FloatLike, tolerance: FloatLike, contraction: FloatLike) -> Float[Array, " ..."]:
+    r"""Steps until the linearised bound rho^t ||theta(0) - theta*|| falls to `tolerance`:
+    ln(||theta(0) - theta*|| / eps) / (-ln rho) (T5)."""
+    return jnp.log(jnp.asarray(initial_error) / tolerance) / -jnp.log(jnp.asarray(contraction))
 
 
 def smallest_eigenvalue(hessian: Float[Array | np.ndarray, "p p"]) -> Scalar:

@@ -1,13 +1,24 @@
 """Fits used by the studies: ordinary least squares with a confidence interval, and the
 exponential-rate fitter of the T5 convergence study.
 
-`fit_exponential_rate(t, y)` fits ln y = a - k t on the *tail* of a decaying series
-y(t) = ||theta(t) - theta*||: it skips the transient (the first `skip_decades` decades of decay,
-while faster modes still contribute), stops `floor_margin` decades above the numerical floor
-(float32 rounding and quadrature bias make ||theta - theta*|| level off around 1e-6..1e-5), and
-returns the per-step rate k with a Student-t confidence interval, the per-step contraction
-factor rho = exp(-k) (the quantity T5 predicts: 1 - eta mu, or max |1 - eta lambda_i|) and the
-window used.
+`fit_exponential_rate(t, y)` fits ln y = a - k t on the *far tail* of a decaying series
+y(t) = ||theta(t) - theta*||, where the linearised map theta - theta* -> (I - eta H)(theta - theta*)
+governs it (docs/science/claims.md T5):
+
+* the series is cut `floor_margin` decades above its numerical floor (float32 rounding makes
+  ||theta - theta*|| level off around 1e-8..1e-6, float64 around 1e-16..1e-14; near the stability
+  edge the floor is raised by ~1 / (1 - rho));
+* only the last `tail_decades` decades of decay before that cut are fitted, and never the first
+  `skip_decades` decades below y(0).
+
+Fitting the far tail matters near the stability edge eta -> 2 / lambda_max: the rate
+-ln rho = -ln(eta lambda_max - 1) is small there, so an O(||theta - theta*||) nonlinear correction
+to the per-step contraction shifts it by a relative amount ~ eta c ||theta - theta*|| / (-ln rho);
+a window that starts 1.5 decades below y(0) (the fitter before) sees ||theta - theta*|| ~ 1e-2 and is
+biased by up to ~17% there, a window at 1e-11..1e-7 (float64) by < 1e-4.
+
+Returns the per-step rate k with a Student-t confidence interval, the per-step contraction
+factor rho = exp(-k) (the quantity T5 predicts: max_i |1 - eta lambda_i|) and the window used.
 """
 
 from __future__ import annotations
@@ -97,10 +108,15 @@ def fit_exponential_rate(
     floor: float | None = None,
     skip_decades: float = 1.5,
     floor_margin: float = 2.0,
+    tail_decades: float | None = 4.0,
     min_points: int = 5,
     confidence: float = 0.95,
 ) -> RateFit:
-    """Fit the exponential rate of a decaying positive series on its tail (log-linear OLS).
+    """Fit the exponential rate of a decaying positive series on its far tail (log-linear OLS).
+
+    ln y(t) = a - k t is fitted on the points between the end of the usable decay (the first point
+    below floor * 10^floor_margin, or the end of the series) and `tail_decades` decades above the
+    lowest value reached there, never earlier than `skip_decades` decades below y(0).
 
     Args:
         t: times (e.g. logged steps), increasing.
@@ -111,6 +127,8 @@ def fit_exponential_rate(
             levelled off) and the smallest value reached.
         skip_decades: the window starts once y has fallen this many decades below y[0].
         floor_margin: the window ends before y comes within this many decades of the floor.
+        tail_decades: the window spans at most this many decades of decay, counted up from its
+            lowest point (the far tail); None fits everything between the transient and the floor.
         min_points: fewer points in the window -> `ok=False`.
         confidence: level of the Student-t interval on the rate.
     """
@@ -139,6 +157,11 @@ def fit_exponential_rate(
     start = int(np.argmax(inside))
     below = np.nonzero(logy[start:] < lower)[0]
     end = start + (int(below[0]) if below.size else len(logy) - start)
+    if tail_decades is not None:
+        # the far tail: the last `tail_decades` decades of the stretch [start, end)
+        top = float(np.min(logy[start:end])) + tail_decades * math.log(10.0)
+        far = np.nonzero(logy[start:end] <= top)[0]
+        start += int(far[0])
     idx = np.arange(start, end)
     idx = idx[inside[idx]]
     if idx.size < min_points:

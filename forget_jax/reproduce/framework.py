@@ -196,6 +196,29 @@ class StoreRecord:
     seconds: float
     compile_s: float = float("nan")
     run_s: float = float("nan")
+    grid: dict[str, list] = field(default_factory=dict)  # axis -> values (seeds not included)
+    seeds: int = 1
+    steps: int = 0
+    x64: bool = False
+
+    def grid_text(self) -> str:
+        """The grid in one line: `axis [v1, v2, ...] x ... x N seeds; T steps (float32|float64)`."""
+        parts = [f"{axis} {_values_text(values)}" for axis, values in self.grid.items()]
+        parts.append(f"{self.seeds} seed{'s' if self.seeds != 1 else ''}")
+        return (
+            " x ".join(parts) + f" = {self.configs} runs; {self.steps} steps ({'float64' if self.x64 else 'float32'})"
+        )
+
+
+def _values_text(values: list) -> str:
+    """Up to 8 values in full, longer axes as `N values in [min, max]`."""
+    if len(values) <= 8 or not all(isinstance(v, (int, float)) for v in values):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
+    return f"{len(values)} values in [{min(values):g}, {max(values):g}]"
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
 
 
 def ensure_store(config: dict, path: Path, progress: bool = False):
@@ -231,6 +254,10 @@ def ensure_store(config: dict, path: Path, progress: bool = False):
         seconds=seconds,
         compile_s=float(ds.attrs.get("compile_time_s", float("nan"))),
         run_s=float(ds.attrs.get("run_time_s", float("nan"))),
+        grid={axis: [_plain(v) for v in values] for axis, values in spec.axes.items()},
+        seeds=len(spec.seeds),
+        steps=int(spec.base.steps),
+        x64=bool(spec.base.x64),
     )
     return ds, record
 

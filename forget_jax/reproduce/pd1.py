@@ -3,12 +3,16 @@
 Final beta / beta* over Delta for FKL on new data only, FKL with replay lambda and RKL, with the
 final and sup old-mean drift, from the population dynamics (logit GD).
 
+Mass forgetting is checked under T1's own condition (docs/science/claims.md T1, "Statement (for
+fixed means, m_n = mu_n*)"), in a second store with both means frozen at the truth: there T1
+predicts the whole course of beta at every Delta (items 1-6, the exact gradient
+(1 - E_{N_n}[N_o/q]) / (1 - beta); `theory.fkl_weight_course`), decreasing to 0 (item 3).
+
 What the simulation shows beyond the PD1 table: with a *learnable* old mean, FKL on new data
 only does not always lose the old mode through its weight. At small Delta the old component is
 recruited to the new data instead (T1's last paragraph: m_o moves toward mu_n*), so beta stays
 near beta* while the old mean travels the whole way to the new mode. Both are forgetting of the
-old mode; the mass claim is therefore checked where the modes are separated, and the "every
-Delta" claim as "mass lost or old mean recruited".
+old mode; the learnable-mean claim is "mass lost or old mean recruited", at every Delta.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ CLAIMS = (
     "pd1.rkl_final_drift",
 )
 
-#: Separation from which the modes count as separated for the mass and convergence claims.
-SEPARATED = 4.0
+#: Engine (float32, 64-node quadrature) vs the float64 recursion (192 nodes), relative on beta_T.
+#: The logit a = logit beta is stored in float32 (relative rounding ~6e-8 of |a| <= 7 per step,
+#: a random walk over 4000 steps: ~2e-5 on a, i.e. on ln beta); the 64-node gradient is exact to
+#: < 1e-6 relative for Delta <= 8. Measured 2.5e-5 (full run); 2e-4 leaves an 8x margin.
+MASS_COURSE_TOL = 2e-4
 #: Smallest separation at which the RKL / FKL(lambda) optimum is reached within the run: below,
 #: the Fisher information is nearly singular (the components overlap) and convergence is slower
 #: than the horizon (see the rates study).
@@ -38,7 +45,12 @@ IDENTIFIED = 2.0
 
 
 def analyze(stores, ctx: Context):
-    ds = stores["pd1"]
+    import jax
+
+    from .. import theory
+
+    ds = stores["pd1-learnable"]
+    frozen = stores["pd1-frozen"].sel(objective="fkl").isel(seed=0, replay_ratio=0)
     cfg = base_config(ds)
     beta_star = cfg["target_old_weight"]
     beta0, eta, steps = cfg["init_old_weight"], cfg["learning_rate"], cfg["steps"]
@@ -52,24 +64,48 @@ def analyze(stores, ctx: Context):
     replay = [i for i in range(len(lams)) if lams[i] > 0]
     claims = []
 
-    # T1: FKL new-only, separated modes -> beta -> 0 (logit GD: Theta(1/t))
-    sep_mask = seps >= SEPARATED
-    ratio = beta_f[i0] / beta_star
+    # T1 under its own condition (means fixed): beta follows T1's exact course at every Delta, -> 0
+    cfg_f = base_config(stores["pd1-frozen"])
+    seps_f = frozen["separation"].values
+    beta_fz = final(frozen, "old_weight")
+    with jax.enable_x64(True):  # thread-local: other studies keep float32
+        course = np.asarray(  # (step, Delta), one scan for every separation
+            theory.fkl_weight_course(
+                int(cfg_f["steps"]),
+                float(cfg_f["init_old_weight"]),
+                float(cfg_f["learning_rate"]),
+                np.asarray(seps_f, dtype=np.float64),
+                "logit",
+            ),
+            dtype=np.float64,
+        )
+    predicted_T = course[-1]
+    decreasing = bool(np.all(np.diff(course, axis=0) < 0))
+    rel_course = np.abs(beta_fz / predicted_T - 1.0)
     logit_pred = 1.0 / (1.0 / beta0 + eta * steps)
-    worst = float(np.max(ratio[sep_mask]))
     claims.append(
         ctx.claim(
             "fkl_new_only_mass_collapse",
-            f"FKL on new data only drives the old weight to zero (mass forgetting) at every separated Delta >= {SEPARATED:g}.",
-            "T1, PD1",
-            f"beta_T/beta* -> 0 (logit GD, T1(b): ~{fmt(logit_pred / beta_star)} at T = {steps})",
-            f"max beta_T/beta* = {fmt(worst)} over Delta in [{fmt(seps[sep_mask].min())}, {fmt(seps.max())}]",
-            "<= 0.05",
-            worst <= 0.05,
-            note="Theta(1/t) decay under logit GD, so 'zero' is a finite-horizon value.",
-            max_ratio=worst,
-            separations=seps[sep_mask],
-            ratios=ratio[sep_mask],
+            "With the means fixed at the truth (T1's condition), FKL on new data only drives the old weight down T1's exact "
+            f"course toward zero at every Delta in [{fmt(seps_f.min())}, {fmt(seps_f.max())}] (mass forgetting).",
+            "T1 (statement for fixed means; items 1-6), PD1",
+            "beta_T = theory.fkl_weight_course(T; Delta) (logit GD), strictly decreasing to 0; "
+            f"beta_T/beta* from {fmt(predicted_T.max() / beta_star)} (Delta = {fmt(seps_f[np.argmax(predicted_T)])}) "
+            f"to {fmt(predicted_T.min() / beta_star)} (separated limit T1(b): {fmt(logit_pred / beta_star)})",
+            f"max |beta_T / prediction - 1| = {fmt(rel_course.max())} over {seps_f.size} separations",
+            f"<= {MASS_COURSE_TOL:g}, prediction decreasing at every step",
+            decreasing and rel_course.max() <= MASS_COURSE_TOL,
+            note=(
+                "The decay is Theta(1/t) in the separated limit and slower with overlap (T1 item 5: near beta = 0 the "
+                "gradient is beta chi^2, chi^2 = e^{Delta^2} - 1), so 'zero' is reached only as t -> infinity; the claim is "
+                "the course itself. With a learnable old mean (the main store) beta_T/beta* = "
+                f"{fmt(beta_f[i0][seps >= 4].max() / beta_star)} at most for Delta >= 4, while at small Delta the old mean "
+                "is recruited instead (next claim)."
+            ),
+            max_rel_error=float(rel_course.max()),
+            separations=seps_f,
+            beta_T=beta_fz,
+            beta_T_predicted=predicted_T,
         )
     )
 
@@ -90,7 +126,7 @@ def analyze(stores, ctx: Context):
                 f"At small Delta the weight stays near beta* (beta_T/beta* = {fmt(beta_f[i0][0] / beta_star)} at "
                 f"Delta = {fmt(seps[0])}) while the old mean moves onto the new mode (delta_T/Delta = "
                 f"{fmt(recruited[0])}): forgetting by recruitment, not by mass. The PD1 table's 'FKL(new only) -> 0 "
-                "for every Delta' holds for a frozen old mean (see pd6)."
+                "for every Delta' holds for fixed means (the first claim; pd6 for the time courses)."
             ),
             mass_lost=lost_mass,
             recruited=recruited,
@@ -158,6 +194,10 @@ def analyze(stores, ctx: Context):
     fig, axes = new_figure(2, 1, width=5.2, height=4.0)
     ax = axes[0, 0]
     ax.plot(seps, beta_f[i0] / beta_star, "o-", color=color(1), ms=3.5, label=r"FKL, new data only ($\lambda = 0$)")
+    ax.plot(
+        seps_f, beta_fz / beta_star, "D", color=color(5), ms=3.5, mfc="none", label="FKL new-only, means fixed (T1)"
+    )
+    ax.plot(seps_f, predicted_T / beta_star, "-", color=color(5), lw=1, label="T1 exact course at T (means fixed)")
     for k, i in enumerate(replay):
         c = color(2 + k)
         ax.plot(seps, beta_f[i] / beta_star, "s-", color=c, ms=3, label=rf"FKL, replay $\lambda = {lams[i]:g}$")

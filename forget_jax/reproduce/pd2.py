@@ -32,18 +32,44 @@ T4_TABLE = {
     -1.0: np.array([1.10e-1, 7.17e-2, 3.20e-2, 1.08e-2, 2.82e-3, 5.67e-4]),
     1.0: np.array([9.97e-2, 4.88e-2, 1.78e-2, 5.02e-3, 1.09e-3, 1.83e-4]),
 }
+#: T4's calibration horizon: the table's delta_max is the running sup over steps 0..3000.
+T4_HORIZON = 3000
+#: Final-drift threshold of T4 ("delta(infinity) < 1e-3 for D >= 2").
+FINAL_DRIFT = 1e-3
+#: float32 rounding level of the logged drift: it plateaus at ~1e-6 for D >= 4 and at ~1e-5 at
+#: D = 2 (rounding amplified by the ill-conditioning, lambda_min(H) = 0.033), 10x slack: the
+#: horizon bound is compared with max(bound, this), 10x below the 1e-3 of the claim.
+DRIFT_FLOOR = 1e-4
 RATIO_WINDOW = (0.15, 0.6)
 SLOPE_FROM = 6.0  # "largest D values": D >= 6
 SLOPE_TOL = 0.1  # relative
 
 
+def prepare(stores) -> None:
+    """Warm the Hessian cache of the final-drift horizon (one per D) in the sweep thread."""
+    from .rates import hessian
+
+    cfg = base_config(stores["pd2"])
+    for d in stores["pd2"]["separation"].values:
+        hessian(float(d), float(cfg["target_old_weight"]))
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
 def analyze(stores, ctx: Context):
+    from .rates import hessian
+
     ds = stores["pd2"]
     cfg = base_config(ds)
     D = ds["separation"].values
     offsets = ds["init_new_offset"].values
-    dmax = final(ds.isel(seed=0), "old_drift_max")  # (offset, D)
-    dfin = final(ds.isel(seed=0), "old_drift")
+    steps = ds["step"].values
+    sub = ds.isel(seed=0)
+    horizon = min(T4_HORIZON, int(steps[-1]))
+    dmax = np.asarray(sub["old_drift_max"].sel(step=horizon).values)  # (offset, D): sup over 0..3000
+    dfin = final(sub, "old_drift")
     claims = []
 
     # the T4 table itself
@@ -60,7 +86,7 @@ def analyze(stores, ctx: Context):
             "t4_table",
             "The simulated sup drifts reproduce docs/science/claims.md T4's calibration table (D = 3..8, m_n(0) = D -/+ 1).",
             "T4 table [N]",
-            "delta_max as tabulated (12 values)",
+            f"delta_max as tabulated (12 values; sup over steps 0..{horizon})",
             f"max relative deviation {fmt(rel.max()) if rel.size else 'n/a'} over {rel.size} values",
             "<= 2%",
             rel.size == 12 and rel.max() <= 0.02,
@@ -121,19 +147,54 @@ def analyze(stores, ctx: Context):
             )
         )
 
-    # final drift
-    fd = dfin[:, D >= 2]
+    # final drift: past the T5 horizon of every separation, and the horizon-dependent bound at T4's horizon
+    eta, beta_star = float(cfg["learning_rate"]), float(cfg["target_old_weight"])
+    e0 = np.hypot(
+        np.hypot(_logit(cfg["init_old_weight"]) - _logit(beta_star), float(cfg["init_old_offset"])), offsets
+    )  # ||theta(0) - theta*|| per initialisation (theta = (logit beta, m_o, m_n), sigma = 1)
+    rho = np.array([float(theory.predicted_contraction(hessian(float(d), beta_star), eta)) for d in D])
+    t_eps = np.asarray(theory.steps_to_tolerance(e0[:, None], FINAL_DRIFT, rho[None, :]))  # (offset, D)
+    bound = np.asarray(theory.linear_error_bound(e0[:, None], rho[None, :], horizon))
+    d_h = np.asarray(sub["old_drift"].sel(step=horizon).values)
+    drift_t = np.asarray(sub["old_drift"].values, dtype=np.float64)  # (offset, D, step)
+    bound_t = np.asarray(theory.linear_error_bound(e0[:, None, None], rho[None, :, None], steps[None, None, :]))
+    over_all = float((drift_t / np.maximum(bound_t, DRIFT_FLOOR))[:, D >= 2].max())
+    sel = D >= 2
+    T = int(steps[-1])
+    past = bool((T >= t_eps[:, sel]).all())
+    fd = dfin[:, sel]
+    over = d_h[:, sel] / np.maximum(bound[:, sel], DRIFT_FLOOR)
+    i2 = np.unravel_index(np.argmax(t_eps[:, sel]), t_eps[:, sel].shape)
     claims.append(
         ctx.claim(
             "final_drift",
-            "The old mean returns to the truth: final drift for D >= 2.",
-            "T4",
-            "delta(infinity) < 1e-3",
-            f"max delta_T = {fmt(fd.max())}",
-            "< 1e-3",
-            fd.max() < 1e-3,
-            note="The float32 floor is ~1e-6 (docs/science/claims.md quotes ~1e-15 in float64).",
+            f"The old mean returns to the truth: delta(T) < {FINAL_DRIFT:g} for every D >= 2 once T exceeds the T5 horizon "
+            "t_eps(D); at every logged step t, delta(t) <= ||theta(0) - theta*|| rho(D)^t (the horizon-dependent prediction).",
+            "T4 (delta(infinity) < 1e-3 for D >= 2), T5 (linearised bound, kappa = 1)",
+            f"delta(T = {T}) < {FINAL_DRIFT:g} (T >= t_eps(D) = ln(||theta(0) - theta*|| / {FINAL_DRIFT:g}) / (-ln rho(D)), "
+            f"rho = 1 - eta lambda_min(H); largest t_eps = {fmt(t_eps[:, sel].max())} at D = {fmt(D[sel][i2[1]])}); "
+            f"delta(t) <= ||theta(0) - theta*|| rho^t (at t = {horizon}: 1e-3 is reached only for D with t_eps <= {horizon})",
+            f"max delta_T = {fmt(fd.max())} at T = {T}; max over t of delta(t) / max(bound, {DRIFT_FLOOR:g}) = {fmt(over_all)}; "
+            f"at t = {horizon}: {fmt(over.max())} "
+            f"(delta({horizon}) = {fmt(d_h[:, sel].max())} at D = {fmt(D[sel][np.argmax(d_h[:, sel].max(axis=0))])}, bound there "
+            f"{fmt(bound[:, sel][:, np.argmax(d_h[:, sel].max(axis=0))].max())})",
+            f"< {FINAL_DRIFT:g} with T >= t_eps(D) for every D; ratio <= 1",
+            past and fd.max() < FINAL_DRIFT and over_all <= 1.0,
+            note=(
+                (
+                    f"T4's table horizon ({horizon} steps) is shorter than t_eps at the smallest separations (lambda_min(H) -> 0 "
+                    f"as the components overlap): delta({horizon}) = {fmt(d_h[:, sel].max())} there, above 1e-3 and below the "
+                    f"bound; the run continues to T = {T}. "
+                    if t_eps[:, sel].max() > horizon
+                    else f"Every separation of this grid has t_eps <= {horizon}. "
+                )
+                + f"The bound is compared with max(bound, {DRIFT_FLOOR:g}): below that the float32 drift is rounding "
+                "(docs/science/claims.md quotes ~1e-15 in float64)."
+            ),
             max_final_drift=float(fd.max()),
+            t_eps=t_eps,
+            drift_at_horizon=d_h,
+            bound_at_horizon=bound,
         )
     )
 
@@ -173,7 +234,7 @@ def analyze(stores, ctx: Context):
     ax.set_xlabel(r"$\Delta_{\min}^2$ (squared Mahalanobis distance, old mode to nearest new mean)")
     ax.set_ylabel(r"$\ln \delta_{\max}$  ($\delta$ in units of $\sigma$)")
     ax.set_title(
-        rf"PD2: RKL old-mean sup drift (population, logit GD, $\eta$ = {cfg['learning_rate']:g}, T = {cfg['steps']})",
+        rf"PD2: RKL old-mean sup drift (population, logit GD, $\eta$ = {cfg['learning_rate']:g}, sup over $t \leq {horizon}$)",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="lower left")

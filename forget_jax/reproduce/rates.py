@@ -3,16 +3,18 @@ set by the Hessian H(theta*) = I(theta*) (the Fisher information).
 
 For gradient descent with step eta the error e(t) = theta(t) - theta* obeys e(t+1) ~ (I - eta H) e(t),
 so ||theta(t) - theta*|| decays per step by the spectral radius rho = max_i |1 - eta lambda_i(H)|
-(= 1 - eta lambda_min for eta <= 2 / (lambda_min + lambda_max)), and the iteration is unstable for
-eta > 2 / lambda_max. theta = (logit beta, m_o, m_n) (logit GD, unit scales), H from
-`analysis.rkl_hessian` (exact quadrature, the same population objective the simulation uses).
-The measured rate is the log-linear least-squares slope of ||theta(t) - theta*|| on the tail of
-each run (`fitting.fit_exponential_rate`), with a 95% CI.
+(= 1 - eta lambda_min for eta <= 2 / (lambda_min + lambda_max), eta lambda_max - 1 above), and the
+iteration is unstable for eta > 2 / lambda_max. theta = (logit beta, m_o, m_n) (logit GD, unit
+scales), H from `analysis.rkl_hessian` (exact quadrature, float64, the same population objective
+the simulation uses). The runs are float64 (the study's `x64: true`): the measured rate is the
+log-linear least-squares slope of ||theta(t) - theta*|| on the far tail of each run
+(`fitting.fit_exponential_rate`: the last TAIL_DECADES decades above FLOOR_MARGIN decades over
+the rounding floor), where the linearised map governs the decay, with a 95% CI. It is held to the
+spectral-radius prediction across the whole stable range 0 < eta < 2 / lambda_max.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from functools import lru_cache
 
@@ -20,11 +22,11 @@ import numpy as np
 
 from .. import analysis, theory
 from .figures import DIVERGING, MARKERS, color, heatmap, label_panel, new_figure
-from .fitting import fit_exponential_rate, steps_to_threshold
+from .fitting import estimate_floor, fit_exponential_rate, steps_to_threshold
 from .framework import Context, base_config, fmt
 
 NAME = "rates"
-TITLE = "RKL convergence rates vs 1 - eta lambda_min(H) and the stability threshold 2 / lambda_max (T5)"
+TITLE = "RKL convergence rates vs the spectral radius max |1 - eta lambda_i(H)| and the stability threshold 2 / lambda_max (T5)"
 COST = 2.5
 CLAIMS = (
     "rates.hessian_eigenvalues",
@@ -33,8 +35,18 @@ CLAIMS = (
     "rates.stability_threshold",
 )
 
-RATE_TOL = 0.05  # relative, on the per-step rate -ln(rho)
-MIN_POINTS = 8  # logged points in a tail window for a rate fit
+#: Relative tolerance on the per-step rate -ln rho. On the far tail (||theta - theta*|| <= 1e-5
+#: in float64) the nonlinear correction to the contraction is O(||theta - theta*||) relative to
+#: the slow-mode rate and the rounding floor is 2 decades below the window: an independent
+#: float64 check (Delta = 4, beta* = 0.5, eta up to 1.9 / lambda_max) gives < 0.05%; 1% leaves
+#: room for the least-squares slope of a window of a handful of points.
+RATE_TOL = 0.01
+MIN_POINTS = 5  # logged points in the tail window for a rate fit
+TAIL_DECADES = 6.0  # decades of decay fitted, counted up from the end of the usable tail
+FLOOR_MARGIN = 2.0  # decades kept clear of the rounding floor
+#: Level below which ||theta - theta*|| counts as rounding (float64: eps * ||theta*|| ~ 1e-15,
+#: raised ~1 / (1 - rho) near the stability edge); float32 runs use 1e-6.
+FLOOR = {True: 1e-13, False: 1e-6}
 EPSILON = 1e-3  # ||theta - theta*|| threshold for steps-to-epsilon and for "converged"
 #: docs/science/claims.md T5 [N]: eigenvalues of the logit Hessian at Delta = 4, beta* = 0.5.
 T5_EIGENVALUES = np.array([0.217, 0.379, 0.489])
@@ -42,30 +54,20 @@ T5_EIGENVALUES = np.array([0.217, 0.379, 0.489])
 
 @lru_cache(maxsize=4096)
 def hessian(separation: float, target_old_weight: float) -> np.ndarray:
-    """analysis.rkl_hessian (logit parameterisation, d = 1) as a float64 NumPy array (cached).
+    """analysis.rkl_hessian (logit parameterisation, d = 1, float64) as a NumPy array (cached).
 
-    Evaluated in float32 (x64=False) so it never touches the process-wide x64 switch while other
-    studies run; eigenvalues agree with float64 to ~1e-7."""
-    import jax
-
-    fn = _jitted_hessian()
+    float64 is enabled by analysis's own context (thread-local: other studies running in other
+    threads keep float32). Evaluated eagerly: one call costs ~0.3 s, a jit per (Delta, beta*)
+    (the separation is not traceable through make_hyper) ~1.5 s."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(jax.device_get(fn(float(separation), float(target_old_weight))), dtype=np.float64)
-
-
-@lru_cache(maxsize=1)
-def _jitted_hessian():
-    import jax
-
-    return jax.jit(
-        lambda s, b: analysis.rkl_hessian(s, b, weight_param="logit", dim=1, x64=False), static_argnums=(0, 1)
-    )
+        H = analysis.rkl_hessian(float(separation), float(target_old_weight), weight_param="logit", dim=1, x64=True)
+        return np.asarray(H, dtype=np.float64)
 
 
 def prepare(stores) -> None:
-    """Warm the Hessian cache (one small compilation per (Delta, beta*)) in the sweep thread, so it
-    overlaps with other studies' compilations."""
+    """Warm the Hessian cache (one per (Delta, beta*)) in the sweep thread, so it overlaps with
+    other studies' compilations."""
     ds = stores["rates"]
     for s in ds["separation"].values:
         for b in ds["target_old_weight"].values:
@@ -87,13 +89,19 @@ def analyze(stores, ctx: Context):
     t = ds["step"].values.astype(np.float64)
     sub = ds.isel(seed=0)
     beta = np.asarray(sub["old_weight"].values, dtype=np.float64)  # (Delta, beta*, eta, step)
-    s_o, s_n = float(cfg["target_old_scale"]), float(cfg["target_new_scale"])
+    mu_o = float(cfg["target_old_mean"])
+    mu_n = mu_o + seps * float(cfg["target_old_scale"])  # theory: mu_n* = mu_o* + Delta s_o* (d = 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        err = np.sqrt(
-            (_logit(beta) - _logit(betas)[None, :, None, None]) ** 2
-            + (s_o * np.asarray(sub["old_drift"].values, dtype=np.float64)) ** 2
-            + (s_n * np.asarray(sub["new_mean_error"].values, dtype=np.float64)) ** 2
+        # e(t) = theta(t) - theta*, theta = (logit beta, m_o, m_n): signed, so it can be projected on H's eigenvectors
+        e_vec = np.stack(
+            [
+                _logit(beta) - _logit(betas)[None, :, None, None],
+                np.asarray(sub["old_mean_position"].values, dtype=np.float64) - mu_o,
+                np.asarray(sub["new_mean_position"].values, dtype=np.float64) - mu_n[:, None, None, None],
+            ],
+            axis=-1,
         )
+    err = np.linalg.norm(e_vec, axis=-1)
     diverged = np.asarray(sub["diverged"].values, dtype=bool)
     shape = err.shape[:3]
 
@@ -102,26 +110,57 @@ def analyze(stores, ctx: Context):
         for j, b in enumerate(betas):
             eig[i, j] = np.linalg.eigvalsh(hessian(s, b))
     rho_pred = np.empty(shape)
+    slow_limit = np.empty(shape[:2])  # 2 / (lambda_min + lambda_max)
     for i in range(len(seps)):
         for j in range(len(betas)):
             H = hessian(seps[i], betas[j])
+            slow_limit[i, j] = float(theory.slow_mode_step_limit(H))
             for k, lr in enumerate(lrs):
                 rho_pred[i, j, k] = float(theory.predicted_contraction(H, lr))
-    rate_pred = -np.log(rho_pred)  # NaN / negative where unstable
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_pred = -np.log(rho_pred)  # <= 0 where unstable
+    stable = rho_pred < 1
+    slow_regime = lrs[None, None, :] <= slow_limit[..., None]  # rho = 1 - eta lambda_min
 
+    x64 = bool(cfg.get("x64", False))
     final_err = err[..., -1]
     converged = ~diverged & np.isfinite(final_err) & (final_err <= EPSILON)
+
+    def tail_fit(y):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            floor = max(estimate_floor(t, np.log(y)), FLOOR[x64])
+        return fit_exponential_rate(
+            t, y, floor=floor, floor_margin=FLOOR_MARGIN, tail_decades=TAIL_DECADES, min_points=MIN_POINTS
+        )
+
+    # The rate of the spectral radius is that of the eigencomponent of H with the largest |1 - eta lambda_i|
+    # (the slowest): project e(t) on H's eigenvectors and fit that component's far tail. The norm
+    # ||e(t)|| tends to the same rate only once that component dominates it; when two |1 - eta lambda_i|
+    # are close and the slower one starts small, that happens below the float64 floor (fitted too, in the note).
     rate_meas = np.full(shape, np.nan)
     rate_lo = np.full(shape, np.nan)
     rate_hi = np.full(shape, np.nan)
-    for idx in np.ndindex(shape):
-        if not converged[idx]:
-            continue
-        fit = fit_exponential_rate(t, err[idx], min_points=MIN_POINTS)
-        if fit.ok:
-            rate_meas[idx], rate_lo[idx], rate_hi[idx] = fit.rate, fit.rate_low, fit.rate_high
-    fitted = np.isfinite(rate_meas) & (rho_pred < 1)
-    rel = np.abs(rate_meas / rate_pred - 1.0)
+    rate_norm = np.full(shape, np.nan)
+    window = np.full((*shape, 2), np.nan)  # |slowest component| at the window's ends
+    for i in range(len(seps)):
+        for j in range(len(betas)):
+            lam_ij, vec_ij = np.linalg.eigh(hessian(seps[i], betas[j]))
+            for k, lr in enumerate(lrs):
+                idx = (i, j, k)
+                if not (converged[idx] and stable[idx]):
+                    continue
+                slowest = int(np.argmax(np.abs(1.0 - lr * lam_ij)))
+                component = np.abs(e_vec[idx] @ vec_ij[:, slowest])
+                fit = tail_fit(component)
+                if fit.ok:
+                    rate_meas[idx], rate_lo[idx], rate_hi[idx] = fit.rate, fit.rate_low, fit.rate_high
+                    window[idx] = (np.interp(fit.t_start, t, component), np.interp(fit.t_end, t, component))
+                norm_fit = tail_fit(err[idx])
+                if norm_fit.ok:
+                    rate_norm[idx] = norm_fit.rate
+    fitted = np.isfinite(rate_meas) & stable
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(rate_meas / rate_pred - 1.0)
     inside = fitted & (rate_lo <= rate_pred) & (rate_pred <= rate_hi)
     claims = []
 
@@ -141,73 +180,97 @@ def analyze(stores, ctx: Context):
         )
     )
 
-    # rates: T5 states the contraction (1 - eta mu) for eta <= 1/L (L = lambda_max); runs with a
-    # larger eta are fitted too and reported in the note, not held to the tolerance
-    in_regime = lrs[None, None, :] <= 1.0 / eig[..., -1:]
-    checked = fitted & in_regime
-    outside = fitted & ~in_regime
-    worst = float(np.nanmax(rel[checked])) if checked.any() else float("nan")
-    worst_at = np.unravel_index(np.nanargmax(np.where(checked, rel, -1)), shape) if checked.any() else None
-    worst_out = float(np.nanmax(rel[outside])) if outside.any() else float("nan")
+    # rates: the spectral radius across the whole stable range 0 < eta < 2 / lambda_max
+    def worst_of(mask):
+        if not mask.any():
+            return float("nan"), None
+        where = np.unravel_index(np.nanargmax(np.where(mask, rel, -1)), shape)
+        return float(rel[where]), where
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm_dev = np.abs(rate_norm / rate_pred - 1.0)
+    norm_worst = float(np.nanmax(np.where(fitted, norm_dev, np.nan))) if fitted.any() else float("nan")
+    worst, worst_at = worst_of(fitted)
+    worst_slow, _ = worst_of(fitted & slow_regime)
+    worst_fast, _ = worst_of(fitted & ~slow_regime)
+    edge = fitted & (lrs[None, None, :] * eig[..., -1:] >= 1.5)  # eta >= 0.75 * 2 / lambda_max
+    n_unfitted = int((converged & stable & ~fitted).sum())
     claims.append(
         ctx.claim(
             "contraction_rate",
-            "The fitted per-step convergence rate of ||theta(t) - theta*|| equals -ln(1 - eta lambda_min(H(theta*))) "
-            "for eta <= 1/lambda_max across separation x beta* x learning rate.",
-            "T5 (contraction 1 - eta mu for eta <= 1/L)",
-            "-ln rho, rho = spectral radius of I - eta H = 1 - eta mu",
-            f"max relative deviation {fmt(worst)} over {int(checked.sum())} fitted runs with eta <= 1/lambda_max"
+            "The fitted per-step convergence rate of theta(t) -> theta* (its slowest eigencomponent, which sets the asymptotic "
+            "rate of ||theta(t) - theta*||) equals -ln rho, rho = max_i |1 - eta lambda_i(H(theta*))| the spectral radius of "
+            "the linearised map, across separation x beta* x learning rate over the whole stable range 0 < eta < 2/lambda_max.",
+            "T5 (spectral radius of I - eta H; = 1 - eta mu for eta <= 2/(lambda_min + lambda_max))",
+            "-ln max_i |1 - eta lambda_i(H)| (theory.contraction_rate)",
+            f"max relative deviation {fmt(worst)} over {int(fitted.sum())} fitted runs"
             + (
-                f" (worst at Delta = {seps[worst_at[0]]:g}, beta* = {betas[worst_at[1]]:g}, eta = {fmt(lrs[worst_at[2]])})"
+                f" (worst at Delta = {seps[worst_at[0]]:g}, beta* = {betas[worst_at[1]]:g}, eta = {fmt(lrs[worst_at[2]])} "
+                f"= {fmt(lrs[worst_at[2]] * eig[worst_at[0], worst_at[1], -1] / 2)} x 2/lambda_max)"
                 if worst_at
                 else ""
             )
-            + f"; prediction inside the 95% CI in {int((inside & in_regime).sum())}/{int(checked.sum())}",
+            + f"; {fmt(worst_slow)} where rho = 1 - eta lambda_min ({int((fitted & slow_regime).sum())} runs), "
+            f"{fmt(worst_fast)} where rho = eta lambda_max - 1 ({int((fitted & ~slow_regime).sum())} runs); "
+            f"{int(edge.sum())} fitted runs have eta >= 0.75 x 2/lambda_max",
             f"<= {RATE_TOL:.0%}",
-            checked.any() and worst <= RATE_TOL,
+            fitted.any() and worst <= RATE_TOL,
             note=(
-                f"Runs converged to ||theta - theta*|| <= {EPSILON:g}: {int(converged.sum())}/{converged.size}; a rate is fitted where the "
-                f"tail window (1.5 decades below the start, 2 decades above the float32/quadrature floor) holds >= {MIN_POINTS} logged points, "
-                "so very fast decays (rho < ~0.7 at log_every = 2) are not fitted. The CI is that of a least-squares slope on an "
-                "almost deterministic curve: it is much narrower than the effect of the window choice, so the tolerance is on the "
-                f"relative deviation. Beyond T5's step-size regime ({int(outside.sum())} fitted runs with 1/lambda_max < eta < 2/lambda_max) "
-                f"the spectral-radius prediction -ln max|1 - eta lambda_i| deviates by up to {fmt(worst_out)}: near the stability edge "
-                "the rate 2 - eta lambda_max is small, so the O(||theta - theta*||) curvature left in the fitted window shifts it by a "
-                "large relative amount (sensitivity ~ eta lambda / (2 - eta lambda))."
+                f"{'float64 runs' if x64 else 'float32 runs: the rounding floor sits inside the window, expect FAILs near the edge'}. "
+                "Measured: the rate of the eigencomponent v_i^T (theta(t) - theta*) of H with the largest |1 - eta lambda_i| "
+                "(the one whose rate is the spectral radius). The norm ||theta(t) - theta*|| fitted the same way deviates by up to "
+                f"{fmt(norm_worst)}: it reaches the spectral-radius rate only once the slowest component dominates it, which near "
+                "eta = 2/(lambda_min + lambda_max) (two |1 - eta lambda_i| close) can take longer than the float64 range. "
+                f"Runs converged to ||theta - theta*|| <= {EPSILON:g}: {int(converged.sum())}/{converged.size}. The rate is fitted on the far "
+                f"tail: the last {TAIL_DECADES:g} decades of decay ending {FLOOR_MARGIN:g} decades above the rounding floor "
+                f"(>= {FLOOR[x64]:g}), never within 1.5 decades of the start (windows span |v^T (theta - theta*)| in "
+                f"[{fmt(np.nanmin(window[..., 1]))}, {fmt(np.nanmax(window[..., 0]))}]). {n_unfitted} converged stable runs decay too fast "
+                f"for {MIN_POINTS} logged points in the window (rho < ~0.25 at log_every = {cfg['log_every']}) and are not fitted. "
+                f"The prediction lies inside the 95% CI of the slope in {int(inside.sum())}/{int(fitted.sum())}: the CI of a "
+                "least-squares slope on a deterministic curve measures its curvature, not noise, so the tolerance is on the "
+                "relative deviation."
             ),
-            n_fitted=int(checked.sum()),
+            n_fitted=int(fitted.sum()),
             max_rel_dev=worst,
-            inside_ci=int((inside & in_regime).sum()),
-            max_rel_dev_beyond_regime=worst_out,
+            max_rel_dev_slow_mode=worst_slow,
+            max_rel_dev_fast_mode=worst_fast,
+            n_edge=int(edge.sum()),
+            inside_ci=int(inside.sum()),
         )
     )
 
-    # steps to epsilon
+    # steps to epsilon: the linearised bound rho^t ||theta(0) - theta*|| (kappa = 1, I - eta H symmetric)
     t_meas = np.full(shape, np.nan)
     t_pred = np.full(shape, np.nan)
     for idx in np.ndindex(shape):
-        if converged[idx] and rho_pred[idx] < 1:
+        if converged[idx] and stable[idx]:
             t_meas[idx] = steps_to_threshold(t, err[idx], EPSILON)
-            t_pred[idx] = math.log(err[idx][0] / EPSILON) / rate_pred[idx]
-    small_step = lrs[None, None, :] <= 1.0 / eig[..., -1:]  # T5's regime eta <= 1/L: rho = 1 - eta mu
-    usable = np.isfinite(t_meas) & np.isfinite(t_pred) & (t_pred >= 10) & small_step
+            t_pred[idx] = float(theory.steps_to_tolerance(err[idx][0], EPSILON, rho_pred[idx]))
+    usable = np.isfinite(t_meas) & np.isfinite(t_pred) & (t_pred >= 10)
     ratio = t_meas[usable] / t_pred[usable]
+    ratio_slow = t_meas[usable & slow_regime] / t_pred[usable & slow_regime]
     claims.append(
         ctx.claim(
             "steps_to_epsilon",
-            f"Steps to reach ||theta - theta*|| <= {EPSILON:g} follow ln(||theta(0) - theta*|| / eps) / (-ln rho).",
-            "T5 (||theta(t) - theta*|| <= kappa (1 - eta mu)^t ||theta(0) - theta*||)",
-            "measured / predicted = 1 (kappa ~ 1)",
-            f"ratio in [{fmt(ratio.min())}, {fmt(ratio.max())}], median {fmt(np.median(ratio))} over {ratio.size} runs with eta <= 1/lambda_max",
-            "within [0.5, 1.5]",
-            ratio.size > 0 and ratio.min() >= 0.5 and ratio.max() <= 1.5,
+            f"Steps to reach ||theta - theta*|| <= {EPSILON:g} follow the linearised bound: "
+            "t_eps = ln(||theta(0) - theta*|| / eps) / (-ln rho), across the whole stable range.",
+            "T5 (||theta(t) - theta*|| <= kappa rho^t ||theta(0) - theta*||, kappa = 1 for the symmetric map I - eta H)",
+            "measured / predicted <= 1 (a bound), ~1 where rho = 1 - eta lambda_min",
+            f"ratio in [{fmt(ratio.min()) if ratio.size else 'n/a'}, {fmt(ratio.max()) if ratio.size else 'n/a'}], "
+            f"median {fmt(np.median(ratio)) if ratio.size else 'n/a'} over {ratio.size} runs; where rho = 1 - eta lambda_min: "
+            f"[{fmt(ratio_slow.min()) if ratio_slow.size else 'n/a'}, {fmt(ratio_slow.max()) if ratio_slow.size else 'n/a'}]",
+            "every ratio <= 1.5; >= 0.5 where rho = 1 - eta lambda_min",
+            ratio.size > 0 and ratio.max() <= 1.5 and ratio_slow.size > 0 and ratio_slow.min() >= 0.5,
             note=(
-                "Checked in T5's regime eta <= 1/L (L = lambda_max), where rho = 1 - eta mu. The prediction ignores kappa and "
-                "the transient: faster modes make the start quicker (ratio < 1). Above 1/L, rho is set by lambda_max and the "
-                "slow mode may be barely excited (all runs are in the figure)."
+                "The bound is that of the linearised map; the factor 1.5 allows for the nonlinear start (the run starts 0.3-0.5 "
+                "away from theta* in each coordinate, where the contraction differs from rho). The ratio is < 1 when the start "
+                "excites the slowest mode only partly: above 2/(lambda_min + lambda_max) rho is set by lambda_max, whose mode the "
+                "start may barely excite, so only the upper bound is held there; at or below it the slow mode dominates the "
+                "approach and the ratio stays near 1 (>= 0.5, for the transient of the faster modes)."
             ),
             ratio_min=float(ratio.min()) if ratio.size else None,
             ratio_max=float(ratio.max()) if ratio.size else None,
+            ratio_slow_min=float(ratio_slow.min()) if ratio_slow.size else None,
         )
     )
 
@@ -324,13 +387,13 @@ def analyze(stores, ctx: Context):
             pos = np.interp(np.log(threshold[i, j]), np.log(lrs), np.arange(len(lrs)), left=-0.5, right=len(lrs) - 0.5)
             ax.plot([pos, pos], [i - 0.5, i + 0.5], color="k", lw=2)
             pos1 = np.interp(
-                np.log(0.5 * threshold[i, j]), np.log(lrs), np.arange(len(lrs)), left=-0.5, right=len(lrs) - 0.5
+                np.log(slow_limit[i, j]), np.log(lrs), np.arange(len(lrs)), left=-0.5, right=len(lrs) - 0.5
             )
             ax.plot([pos1, pos1], [i - 0.5, i + 0.5], color="k", lw=1, ls="--")
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     label_panel(
         axes[0, 0],
-        "× not converged\n| predicted 2/λ_max\n¦ 1/λ_max (claim: left of it)\ngrey: not fitted",
+        "× not converged\n| predicted 2/λ_max\n¦ 2/(λ_min+λ_max): ρ = 1-ηλ_min left of it\ngrey: not fitted",
         loc="lower left",
     )
     fig.suptitle(
@@ -341,22 +404,27 @@ def analyze(stores, ctx: Context):
 
     fig, axes = new_figure(2, 1, width=4.8, height=4.0)
     ax = axes[0, 0]
-    everything = np.isfinite(t_meas) & np.isfinite(t_pred) & (t_pred >= 1)
     ax.loglog(
-        t_pred[everything & ~usable],
-        t_meas[everything & ~usable],
+        t_pred[usable & ~slow_regime],
+        t_meas[usable & ~slow_regime],
         "x",
         color=color(1),
         ms=4,
-        label=r"$\eta > 1/\lambda_{\max}$ (not in the claim)",
+        label=r"$\rho = \eta\lambda_{\max} - 1$ (bound only)",
     )
     ax.loglog(
-        t_pred[usable], t_meas[usable], "o", color=color(0), ms=3.5, mfc="none", label=r"$\eta \leq 1/\lambda_{\max}$"
+        t_pred[usable & slow_regime],
+        t_meas[usable & slow_regime],
+        "o",
+        color=color(0),
+        ms=3.5,
+        mfc="none",
+        label=r"$\rho = 1 - \eta\lambda_{\min}$",
     )
     lim = [max(1.0, np.nanmin(t_pred[usable]) * 0.7), np.nanmax(t_pred[usable]) * 1.4] if usable.any() else [1, 10]
     ax.plot(lim, lim, "--", color="0.4", lw=1, label="measured = predicted")
     ax.fill_between(
-        lim, [0.5 * v for v in lim], [1.5 * v for v in lim], color="0.9", zorder=0, label="[0.5, 1.5] x predicted"
+        lim, [0.5 * v for v in lim], [1.1 * v for v in lim], color="0.9", zorder=0, label="[0.5, 1.1] x predicted"
     )
     ax.set_xlabel(r"predicted steps $\ln(\|\theta_0 - \theta^*\| / \epsilon) / (-\ln \rho)$")
     ax.set_ylabel(rf"measured steps to $\|\theta - \theta^*\| \leq {EPSILON:g}$")

@@ -7,6 +7,12 @@ import json
 import platform
 from pathlib import Path
 
+#: How the report names the mode (the `--quick` flag).
+MODE_TEXT = {
+    True: "quick (`--quick`: the reduced grids of the `quick:` sections of configs/reproduce/*.yaml)",
+    False: "full (the full grids of configs/reproduce/*.yaml, no `--quick`)",
+}
+
 
 def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -27,6 +33,7 @@ def build_report(results: list[dict], *, quick: bool, runtime_s: float, out: Pat
         "total": len(claims),
         "failed": [c.id for c in claims if not c.passed],
         "quick": quick,
+        "mode": "quick" if quick else "full",
         "runtime_s": runtime_s,
         "out": str(out),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -42,7 +49,7 @@ def build_report(results: list[dict], *, quick: bool, runtime_s: float, out: Pat
                 "total": len(r["claims"]),
                 "figures": r["figures"],
                 "notes": r["notes"],
-                "stores": [vars(s) for s in r["stores"]],
+                "stores": [{**vars(s), "grid_text": s.grid_text()} for s in r["stores"]],
             }
             for r in results
         },
@@ -58,9 +65,19 @@ def write_report(report: dict, results: list[dict], out: Path) -> None:
         "",
         f"{report['passed']}/{report['total']} claims PASS"
         + (f" (FAIL: {', '.join(report['failed'])})" if report["failed"] else "")
-        + f". Mode: {'quick (reduced grids)' if report['quick'] else 'full grids'}; "
+        + f". Mode: {MODE_TEXT[report['quick']]}; "
         f"runtime {report['runtime_s']:.0f} s on {report['device']}; forget-jax {report['forget_jax_version']}, "
         f"jax {report['jax_version']}; {report['created']}.",
+        "",
+        f"## Grids ({'quick' if report['quick'] else 'full'})",
+        "",
+        "| study | store | grid |",
+        "|---|---|---|",
+    ]
+    for result in results:
+        for s in result["stores"]:
+            lines.append(f"| {result['name']} | `{Path(s.path).name}` | {_cell(s.grid_text())} |")
+    lines += [
         "",
         "Predictions are those of docs/science/claims.md (theorems T1-T6) and docs/science/studies.md (section 4 views PD1-PD6, section 5 CRNC25); "
         "docs/science/claims.md marks T1-T9 as reconstructions, so a FAIL means simulation and reconstruction disagree, "
@@ -96,7 +113,10 @@ def write_report(report: dict, results: list[dict], out: Path) -> None:
                 if not s.reused and s.compile_s == s.compile_s
                 else ""
             )
-            lines.append(f"- `{Path(s.path).name}`: {s.configs} configurations, {status}, {s.seconds:.1f} s{timing}")
+            lines.append(
+                f"- `{Path(s.path).name}`: {s.configs} configurations, {status}, {s.seconds:.1f} s{timing}. "
+                f"Grid ({'quick' if report['quick'] else 'full'}): {s.grid_text()}."
+            )
         lines += ["", "Claims:", ""]
         for c in result["claims"]:
             lines.append(
