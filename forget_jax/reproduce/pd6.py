@@ -226,8 +226,18 @@ def analyze(stores, ctx: Context):
                         lw=1.6 if s == sep else 1.2,
                         label=rf"$\eta = {lr:g}$, $\Delta = {s:g}$",
                     )
-        tau = np.linspace(0, float(t[-1] * lrs.max()), 2000)
+        tau = np.unique(
+            np.concatenate([np.linspace(0, 10, 2001), np.geomspace(10, max(10.0, float(t[-1] * lrs.max())), 400)])
+        )
         ax.plot(tau, np.asarray(PREDICTION[wp](tau, beta0, 1.0)), "--", color="k", lw=1.2, label="T1 prediction")
+        ax.plot(
+            CLAIM_LR[wp] * np.arange(exact[wp].size),
+            np.maximum(exact[wp], clip / 2),
+            "-.",
+            color="0.45",
+            lw=1.0,
+            label=rf"T1 exact course, $\Delta = {sep4:g}$",
+        )
         if wp == "direct":
             ax.set_xlim(0, 0.5)
         elif wp == "logit":
