@@ -331,7 +331,7 @@ def analyze(stores, ctx: Context):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"predicted rate $-\ln \max_i |1 - \eta \lambda_i(H)|$ (per step)")
-    ax.set_ylabel(r"fitted rate of $\|\theta(t) - \theta^*\|$ (per step, 95% CI)")
+    ax.set_ylabel(r"fitted rate of the slowest eigencomponent of $\theta(t) - \theta^*$ (per step, 95% CI)")
     ax.set_title("T5: RKL convergence rate (population, logit GD)", fontsize=10)
     for j, b in enumerate(betas):
         ax.plot(
