@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from ._types import Array, Float, Scalar
 from .divergence import kl_divergence, soft_misassignment
 from .gaussian import hard_misassignment, log_normal
+from .items import SAMPLEWISE_METRICS
 from .model import LearnerParams, Mixture, axis, learner_mixture, target_mixture, training_mixture
 from .spec import Hyper, Setup
 
@@ -34,6 +35,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "new_mean_position": ("m_n", "new mean position"),
     "old_scale": ("s_o", "old scale"),
     "new_scale": ("s_n", "new scale"),
+    # sample-wise forgetting on item sets, theta(0) -> theta (items.py; docs/science/methods.md E)
+    **SAMPLEWISE_METRICS,
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import items
 from ._types import Array, Bool, Int, Scalar
 from .metrics import METRIC_NAMES, measure, old_drift
 from .model import LearnerParams, init_params, target_mixture
@@ -76,6 +77,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
         key = jax.random.key(hyper.seed)
         target = target_mixture(hyper, setup)
         params = init_params(hyper, setup)
+        before = items.reference(params, hyper, setup)  # sample-wise metrics: before = theta(0)
         state = TrainState(
             params=params,
             companion=params,
@@ -111,6 +113,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
                 old_drift_max=state.old_drift_max,
                 max_importance_weight=state.max_importance_weight,
             )
+            metrics.update(items.measure(state.params, before, hyper, setup))
             return {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
 
         def block(state: TrainState, j) -> tuple[TrainState, dict[str, Scalar]]:
