@@ -5,6 +5,7 @@
   forget-jax info STORE
   forget-jax reproduce NAME|all [--out DIR] [--quick]
   forget-jax fields [--write-readme README.md]
+  forget-jax transitions BEFORE AFTER [BEFORE AFTER ...] [--k K | --k-map F] [--out FILE.csv] [--plot FILE.png]
 
 User mistakes (bad config, missing store, bad flag value) end with one line `error: ...` and
 exit status 2, never a traceback.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -216,6 +217,92 @@ def fields(
             return
         write_readme.write_text(field_table.readme_with_table(write_readme.read_text(), table))
         typer.echo(f"wrote the configuration table into {write_readme}")
+
+
+@app.command()
+def transitions(
+    logs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="BEFORE AFTER: per-item logs (file or folder) of the model before and after; repeat the pair for more seeds (B1 A1 B2 A2 ...)"
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto (from file names), lm_eval, lighteval, jsonl or csv")
+    ] = "auto",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="lm_eval field (default acc; NAME,FILTER picks an lm-eval filter) / LightEval metrics key (default extractive_match)"
+        ),
+    ] = None,
+    id_field: Annotated[str, typer.Option(help="jsonl/csv: item id column")] = "id",
+    task_field: Annotated[str, typer.Option(help="jsonl/csv: task column")] = "task",
+    correct_field: Annotated[str, typer.Option(help="jsonl/csv: correctness column (0/1 or true/false)")] = "correct",
+    seed_field: Annotated[str | None, typer.Option(help="jsonl/csv: seed column (several seeds in one file)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="answer choices of every task (0 = free-form)")] = None,
+    k_map: Annotated[Path | None, typer.Option(help="YAML/JSON task -> k (0 or absent = free-form)")] = None,
+    category_map: Annotated[
+        Path | None, typer.Option(help="YAML/JSON task -> category: category rows, OVERALL over categories")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="unmatched or duplicated item ids are an error")] = False,
+    seed_consistency: Annotated[
+        int | None, typer.Option(help="keep items whose transition agrees across every combination of M seeds")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the rows to FILE.csv or FILE.json")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="bar plot of chance-adjusted forgetting / backward transfer (.png)")
+    ] = None,
+):
+    """Sample-wise forgetting (1->0) and backward transfer (0->1), chance-adjusted, between two
+    models' per-item evaluation logs (docs/science/methods.md E)."""
+    with user_errors():
+        from . import evaluation as ev
+
+        if len(logs) < 2 or len(logs) % 2:
+            raise ValueError(f"expected BEFORE AFTER pairs, got {len(logs)} paths")
+        if out is not None and out.suffix not in (".csv", ".json"):
+            raise ValueError(f"--out {out}: expected a .csv or .json file")
+        if k is not None and k_map is not None:
+            raise ValueError("give --k or --k-map, not both")
+        if seed_field is not None and len(logs) > 2:
+            raise ValueError("--seed-field reads the seeds from the files; give one BEFORE AFTER pair")
+        options: dict[str, Any] = dict(
+            fmt=fmt,
+            metric=metric,
+            id_field=id_field,
+            task_field=task_field,
+            correct_field=correct_field,
+            seed_field=seed_field,
+        )
+        if seed_field is not None:
+            sides = [ev.read_log(logs[side], **options) for side in (0, 1)]
+        else:
+            sides = [ev.merge_seeds([ev.read_log(p, **options) for p in logs[side::2]]) for side in (0, 1)]
+        aligned = ev.align(sides[0], sides[1], strict=strict)
+        tasks = sorted({t for _, t in aligned.ids})
+        k_table = ev.load_mapping(k_map, "--k-map") if k_map is not None else None
+        ks = ev.resolve_k(tasks, sides[0], sides[1], k=k, k_map=k_table, k_map_path=f"--k-map {k_map}")
+        if seed_consistency is not None:
+            if category_map is not None:
+                raise ValueError("--seed-consistency reports per task and OVERALL; drop --category-map")
+            rows = ev.consistency_rows(aligned, ks, seed_consistency)
+        else:
+            categories = ev.load_mapping(category_map, "--category-map") if category_map is not None else None
+            categories = {t: str(c) for t, c in categories.items()} if categories is not None else None
+            rows = ev.summarize(ev.task_metrics(aligned, ks), ks, categories, f"--category-map {category_map}")
+        for line in [*sides[0].notes, *sides[1].notes]:
+            typer.echo(f"note: {line}", err=True)
+        for line in aligned.problems:
+            typer.echo(f"warning: {line} (left out of the counts; --strict makes this an error)", err=True)
+        seeds = len({s for s, _ in aligned.ids})
+        typer.echo(ev.format_table(rows))
+        if seeds > 1 and seed_consistency is None:
+            typer.echo(f"({seeds} seeds: mean over seeds; --out adds the std columns, ddof = 1)")
+        if out is not None:
+            typer.echo(f"wrote {ev.write_rows(rows, out)}")
+        if plot is not None:
+            typer.echo(f"wrote {ev.plot_rows(rows, plot)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
