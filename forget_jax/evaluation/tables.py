@@ -256,6 +256,8 @@ def plot_rows(rows: list[dict[str, Any]], path: Path | str, title: str = "") -> 
         for n, r in zip(names, rows)
     ]
     ax.set_xticks(x, labels, fontsize=8)
+    tops = [r[c] + r.get(f"{c}_std", 0.0) for r in rows for c in ("forgetting_true", "backward_transfer_true")]
+    ax.set_ylim(0, 1.4 * max([*tops, 1e-3]))  # headroom for the legend
     ax.set_ylabel("share of items")
     ax.set_title(title or "sample-wise forgetting and backward transfer")
     ax.legend(fontsize=8, frameon=False)
