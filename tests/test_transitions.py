@@ -160,6 +160,7 @@ def write(path: Path, text: str | bytes) -> Path:
     [
         ('{"id": 1, "task": "a", "correct": 1}\n{"id": 2, "task": "a"}\n', r"x.jsonl:2: field 'correct' missing"),
         ('{"id": 1, "task": "a", "correct": 2}\n', r"x.jsonl:1: field 'correct': value 2 is not 0/1"),
+        ('{"id": 1, "task": "a", "correct": 0.5}\n', r"x.jsonl:1: field 'correct': value 0.5 is not 0/1"),
         ('{"id": 1, "task": "a", "correct": "maybe"}\n', r"x.jsonl:1: field 'correct': value 'maybe' is not 0/1"),
         ('{"id": 1, "task": "a", "correct": 1}\n{"id": 2,\n', r"x.jsonl:2: not valid JSON"),
         (b"\xff\xfe\x00", r"x.jsonl: unreadable file"),
