@@ -64,6 +64,9 @@ def test_model_that_knows_nothing_scores_one_over_k(dim, k, answer, temperature)
     p = items.correctness(q, old, hyper, setup)
     band = Z * np.sqrt((1 / k) * (1 - 1 / k) / n)
     assert abs(float(jnp.mean(p)) - 1 / k) < band
+    # the step of the argument: every vertex index is the correct one with probability 1/k
+    share = np.bincount(np.asarray(old.correct), minlength=k) / n
+    assert np.all(np.abs(share - 1 / k) < band), share
 
 
 def test_model_at_the_old_mode_ranks_every_item_correctly():
