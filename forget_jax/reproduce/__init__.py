@@ -11,6 +11,7 @@ pd5        SDFT / TTT-Discover / OAPL: old weight and drift over each method's k
 pd6        FKL weight time courses under direct / logit / replicator updates (T1, PD6)
 rates      RKL convergence rates vs 1 - eta lambda_min(H), stability 2 / lambda_max (T5)
 chen2025   CRNC25's toy: drop / gain of FKL, their surrogate RKL and the exact RKL (section 5)
+samplewise sample-wise F_true vs mass loss, generative vs likelihood answering (methods.md E, T1-T3)
 =========  ===================================================================================
 
 `run_studies(name, out, quick)` runs the sweeps (independent studies concurrently in threads:
@@ -31,7 +32,7 @@ from pathlib import Path
 from .framework import Claim, Context, StoreRecord, ensure_store, study_configs
 
 #: Study names in report order.
-STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd5", "pd6", "rates", "chen2025")
+STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd5", "pd6", "rates", "chen2025", "samplewise")
 
 __all__ = ["STUDY_NAMES", "Claim", "run_studies", "study_module"]
 
