@@ -336,11 +336,13 @@ def analyze(stores, ctx: Context):
             f"{fmt(gen['acc'][:, j0])}",
             "difference beyond the sum of the two cells' claim-1 tolerances",
             under and sign_ok and bool(far.any()),
-            note="Greedy ranking compares q at the two candidates c -+ delta. With beta_T ~ 1e-3 the new mode's density "
-            "(1 - beta_T) N(x; mu_n*) exceeds beta_T N(x; mu_o*) already near x ~ (Delta^2/2 + ln((1 - beta_T)/beta_T)) / "
-            "Delta, i.e. inside the old items at Delta = 3 (x ~ 3.8 - 2.3 s*, ~ half the items flip to the candidate "
-            "nearer mu_n*: L's accuracy falls to ~ 1/2 and L reports more F_true than G, whose invalid radius also "
-            "cuts new-mode answers). At Delta = 6 only items with c > ~1.2 s* flip; at Delta = 8 none.",
+            note="Greedy ranking compares q at the two candidates c -+ delta s*. For an item with c > mu_o* (correct "
+            "c - delta) the pair is reordered once the new mode's density difference outweighs the old one's, "
+            "(1 - beta_T) [N(c + delta; mu_n*) - N(c - delta; mu_n*)] > beta_T [N(c - delta; mu_o*) - N(c + delta; mu_o*)]. "
+            "At beta_T ~ 1e-3 this holds for most items with c > mu_o* at Delta <= 4 (L's old accuracy falls to ~1/2 "
+            "and L reports more F_true than G, whose invalid radius discards new-mode answers), for the items with "
+            "c beyond ~1.25 s* at Delta = 6 and only for c beyond ~2.85 s* (~0.2% of the items) at Delta = 8. The cut Delta >= 6 is where the predictions "
+            "(at the theory's beta_T) put L below G.",
             difference_measured=diff_meas,
             difference_predicted=diff_pred,
         )
