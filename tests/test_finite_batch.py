@@ -127,6 +127,7 @@ def test_reverse_kl_monte_carlo_ends_at_the_target(estimator, sampling, replay_r
         init_new_offset=-0.5,
         replay_ratio=replay_ratio,
     )
+    assert np.all(np.abs(out["old_weight"] - 0.5) > 0.1)  # every seed left beta(0) = 0.5 for beta* = 0.3
     assert_mean_within(out["old_weight"], 0.3, f"rkl {estimator}/{sampling}/λ={replay_ratio} beta")
     assert_mean_within(out["old_mean_position"], 0.0, "old mean")
     assert_mean_within(out["new_mean_position"], 4.0, "new mean")
