@@ -13,19 +13,50 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from . import fields, objectives
 from .spec import Setup
 
 
 class ConfigError(ValueError):
-    """A user mistake in a configuration: one line naming the field, the value and what is allowed."""
+    """A user mistake in a configuration: one line naming the field, the value and what is allowed.
+
+    Attributes:
+        field: the dotted field it is about (`learning_rate`, `grid.separation`), or None; a config
+            read from a file prefixes the message with `FILE:LINE` of that field.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(" ".join(str(message).split("\n")))
+        self.field = field
+
+
+#: Hard caps of the grid, independent of `limits.Limits` (those are checked before a run; these
+#: protect the loader itself): values of one axis, and grid points x seeds. An axis written as
+#: `{linspace: [a, b, n]}` is refused on `n` before any array is built.
+MAX_AXIS_VALUES = 1_000_000
+MAX_GRID_POINTS = 10**12
+#: Nodes of a YAML document counted with every alias expanded (an alias bomb is refused before
+#: it is built), and the nesting depth.
+MAX_YAML_NODES = 1_000_000
 
 
 class ConfigBase(BaseModel):
@@ -68,6 +99,64 @@ def _whole(name: str):
     return check
 
 
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _strict(f: fields.Field):
+    """No coercion across types: a bool is not a number, a string is not a number (YAML `"20"`),
+    a number is not a bool or a string. An int is a float; a whole float (`1e8`, `20.0`) is an int;
+    numpy scalars count as the Python number they hold."""
+    integer = f.type is int
+
+    def number(v: Any, what: str) -> Any:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"Input should be a valid {what}, got {_type_name(v)}")
+        return v
+
+    def check(v: Any) -> Any:
+        if v is None and f.nullable:
+            return v
+        if f.type is bool:
+            if isinstance(v, np.bool_):
+                v = bool(v)
+            if not isinstance(v, bool):
+                raise ValueError(f"Input should be true or false, got {_type_name(v)}")
+            return v
+        if f.type is str:
+            if not isinstance(v, str):
+                raise ValueError(f"Input should be a string, got {_type_name(v)}")
+            return v
+        if f.type is tuple:
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            if not isinstance(v, (list, tuple)) or len(v) != 3:
+                raise ValueError(f"Input should be a list [lo, hi, n], got {_type_name(v)}")
+            items = [number(x, "number") for x in v]
+            if not all(math.isfinite(x) for x in items):
+                raise ValueError("Input should hold finite numbers")
+            return tuple(items)
+        v = number(v, "integer" if integer else "number")
+        if integer and isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            return int(v)
+        return float(v) if f.type is float and isinstance(v, int) else v
+
+    return check
+
+
+def _pattern(f: fields.Field):
+    regex = re.compile(f.pattern or "")
+
+    def check(v: str) -> str:
+        if not regex.fullmatch(v):
+            raise ValueError(f"not allowed: a {f.name} is {f.pattern_text or f.pattern}")
+        return v
+
+    return check
+
+
 def _pydantic_field(f: fields.Field) -> tuple[Any, Any]:
     annotation: Any
     if f.choices is not None:
@@ -76,15 +165,26 @@ def _pydantic_field(f: fields.Field) -> tuple[Any, Any]:
         annotation = tuple[float, float, int]
     else:
         annotation = f.type
+    validators: list[Any] = [BeforeValidator(_strict(f))]
     if f.whole:
-        annotation = Annotated[annotation, AfterValidator(_whole(f.name))]
+        validators.append(AfterValidator(_whole(f.name)))
+    if f.pattern is not None:
+        validators.append(AfterValidator(_pattern(f)))
+    annotation = Annotated[annotation, *validators]
     if f.nullable:
         annotation = annotation | None
-    bounds = {k: getattr(f, k) for k in ("ge", "gt", "le", "lt") if getattr(f, k) is not None}
-    return annotation, Field(f.default, description=f.doc, **bounds)
+    return annotation, Field(f.default, description=f.doc, **_bounds(f))
+
+
+def _bounds(f: fields.Field) -> dict[str, Any]:
+    bounds: dict[str, Any] = {k: getattr(f, k) for k in ("ge", "gt", "le", "lt") if getattr(f, k) is not None}
+    if f.type is float:
+        bounds["allow_inf_nan"] = False  # NaN / inf are refused in every float field
+    return bounds
 
 
 _MODELS: dict[int, type[ConfigBase]] = {}
+_ADAPTERS: dict[tuple[int, str], TypeAdapter] = {}
 
 
 def config_model() -> type[ConfigBase]:
@@ -93,9 +193,21 @@ def config_model() -> type[ConfigBase]:
     version = fields.version()
     if version not in _MODELS:
         _MODELS.clear()
+        _ADAPTERS.clear()
         definitions = {k: _pydantic_field(f) for k, f in fields.all_fields().items()}
         _MODELS[version] = create_model("SimulationConfig", __base__=ConfigBase, **definitions)  # type: ignore[call-overload]
     return _MODELS[version]
+
+
+def _field_adapter(name: str) -> TypeAdapter:
+    """A validator of one field alone (its type, bounds, choices; no cross-field rules)."""
+    key = (fields.version(), name)
+    if key not in _ADAPTERS:
+        config_model()
+        f = fields.get(name)
+        annotation, _ = _pydantic_field(f)
+        _ADAPTERS[key] = TypeAdapter(Annotated[annotation, Field(**_bounds(f))])
+    return _ADAPTERS[key]
 
 
 def base_fields() -> tuple[str, ...]:
@@ -123,10 +235,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _short(value: Any, width: int = 80) -> str:
+    """repr of a value, cut to `width` characters (error messages stay one short line)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= width else text[: width - 5] + " ...]"
+
+
+def _error_field(err: ValidationError, prefix: str = "") -> str:
+    loc = ".".join(str(p) for p in err.errors()[0]["loc"])
+    return f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+
+
 def _format_error(err: ValidationError, prefix: str = "") -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+    field = _error_field(err, prefix)
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         allowed = ", ".join(sorted((*base_fields(), "grid")))
@@ -135,32 +257,278 @@ def _format_error(err: ValidationError, prefix: str = "") -> str:
         return f"unknown key '{field}'{hint}; allowed keys: {allowed}"
     value = e.get("input")
     if e["type"] == "literal_error":
-        return f"{field}={value!r} is not allowed: {msg}"
+        return f"{field}={_short(value)} is not allowed: {msg}"
     if isinstance(value, dict) and e["loc"] == ():
         return f"{msg}"
-    return f"{field}={value!r}: {msg}"
+    return f"{field}={_short(value)}: {msg}"
+
+
+def _rule_field(message: str, raw: Mapping[str, Any]) -> str | None:
+    """The field a broken cross-field rule is about: of the rule's fields, the last one the user
+    wrote (so a file error points at a line the user can change)."""
+    for rule in fields.rules():
+        if rule.check is not None and message == _rule_message(rule, raw):
+            written = [k for k in rule.fields if k in raw]
+            return (written or list(rule.fields))[-1]
+    return None
+
+
+def _rule_message(rule: fields.Rule, values: Mapping[str, Any]) -> str | None:
+    try:
+        return rule.check(values)
+    except Exception:  # a rule on values that failed field validation
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML: duplicate keys, alias bombs and the line of every key
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` / `1e8` as floats (YAML 1.2; PyYAML's 1.1 rules read them
+    as strings, which strict validation would then refuse)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+class _Problem(Exception):
+    def __init__(self, message: str, line: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.line, self.field = line, field
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _check_nodes(root: yaml.Node) -> dict[str, int]:
+    """Walk the composed document once (each node once; aliases are shared nodes): refuse
+    duplicate mapping keys and documents whose alias-expanded size exceeds MAX_YAML_NODES (an
+    alias bomb is refused here, before it is constructed), and return the line (1-based) of every
+    mapping key by dotted path (`grid.separation`, `stores.x3.5.grid.learning_rate`)."""
+    expanded: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in expanded:
+            return expanded[key]
+        if key in active:
+            raise _Problem("a recursive alias (a node that contains itself)", node.start_mark.line + 1)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
+                    line = k.start_mark.line + 1
+                    if k.value in seen:
+                        raise _Problem(f"duplicate key '{k.value}' (first at line {seen[k.value]})", line, k.value)
+                    seen[k.value] = line
+                total += size(k) + size(v)
+        active.discard(key)
+        expanded[key] = total
+        if total > MAX_YAML_NODES:
+            raise _Problem(
+                f"the document expands to more than {MAX_YAML_NODES:,} values through its aliases (&anchor / "
+                "*alias); write the values out or use {linspace: [a, b, n]}",
+                node.start_mark.line + 1,
+            )
+        return total
+
+    size(root)
+    lines: dict[str, int] = {}
+
+    def record(node: yaml.Node, prefix: str, depth: int) -> None:
+        if not isinstance(node, yaml.MappingNode) or depth > 4:
+            return
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
+                path = f"{prefix}{k.value}"
+                lines.setdefault(path, k.start_mark.line + 1)
+                record(v, path + ".", depth + 1)
+
+    record(root, "", 0)
+    return lines
+
+
+def read_yaml(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """Read one YAML document safely: (data, line of every mapping key by dotted path).
+
+    Refused with a ConfigError naming the file (and line): a directory or unreadable path, bytes
+    that are not UTF-8, an empty document, invalid YAML, a duplicate key, an alias bomb, nesting
+    deeper than Python can compose. `1e-3` is a float (YAML 1.2)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file", field="config")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})", field="config") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8",
+            field="config",
+        ) from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{path}: empty config (no keys); write at least one key, e.g. `steps: 1000`")
+        lines = _check_nodes(node)
+        return loader.construct_document(node), lines
+    except _Problem as exc:
+        where = f"{path}:{exc.line}" if exc.line is not None else str(path)
+        raise ConfigError(f"{where}: {exc}", field=exc.field) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_reason(exc)})", field="config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_reason(exc)})", field="config") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration", field="config") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [p for p in (exc.context, exc.problem) if p]
+        if parts:
+            return "; ".join(parts)
+    return str(exc).splitlines()[0]
+
+
+def _locate(exc: ConfigError, path: Path, lines: Mapping[str, int]) -> ConfigError:
+    """`exc` with `FILE:LINE: ` in front: the line of its field, or of the nearest enclosing key."""
+    message = str(exc)
+    if message.startswith(str(path)):
+        return exc
+    field = exc.field or ""
+    line = None
+    parts = field.split(".")
+    while parts and line is None:
+        line = lines.get(".".join(parts))
+        parts.pop()
+    where = f"{path}:{line}" if line is not None else str(path)
+    return ConfigError(f"{where}: {message}", field=exc.field)
+
+
+# ---------------------------------------------------------------------------------------------
+# grid axes
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays, ranges and tuples as plain Python numbers and lists (a grid is
+    stored as plain YAML)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, range):
+        return list(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _real(name: str, kind: str, what: str, value: Any) -> float:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"grid.{name}.{kind}: {what}={_short(value)} must be a finite number", field=f"grid.{name}")
+    return value
+
+
+def _axis_spec(name: str, spec: Any) -> Any:
+    """A grid axis as written, checked and made plain, without building it: a list of values (a
+    scalar is a one-value list; numpy arrays, numpy scalars and ranges are accepted), or
+    `{linspace: [a, b, n]}` / `{logspace: [a, b, n]}`. Refuses empty or null axes, malformed ranges
+    and more than MAX_AXIS_VALUES values."""
+    where = f"grid.{name}"
+    if isinstance(spec, Mapping):
+        if len(spec) != 1 or next(iter(spec)) not in ("linspace", "logspace"):
+            raise ConfigError(
+                f"{where}={_short(dict(spec))}: a range must be {{linspace: [a, b, n]}} or {{logspace: [a, b, n]}}",
+                field=where,
+            )
+        kind, args = next(iter(spec.items()))
+        if isinstance(args, np.ndarray):
+            args = args.tolist()
+        if not (isinstance(args, (list, tuple)) and len(args) == 3):
+            raise ConfigError(
+                f"{where}.{kind}={_short(args)}: needs [start, stop, count] with an integer count >= 1", field=where
+            )
+        start, stop = (_real(name, kind, w, a) for w, a in zip(("start", "stop"), args[:2]))
+        count = args[2].item() if isinstance(args[2], np.generic) else args[2]
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, (int, float))
+            or not math.isfinite(count)
+            or not float(count).is_integer()
+            or count < 1
+        ):
+            raise ConfigError(
+                f"{where}.{kind}={_short(list(args))}: needs [start, stop, count] with an integer count >= 1",
+                field=where,
+            )
+        if count > MAX_AXIS_VALUES:
+            raise ConfigError(
+                f"{where}.{kind}: count={count:g} values exceeds the cap of {MAX_AXIS_VALUES:,} values per axis",
+                field=where,
+            )
+        if kind == "logspace" and max(abs(start), abs(stop)) > 300:
+            raise ConfigError(
+                f"{where}.logspace: exponents [{start:g}, {stop:g}] must lie in [-300, 300] (10^x is a float)",
+                field=where,
+            )
+        return {kind: [start, stop, int(count)]}
+    if spec is None:
+        raise ConfigError(f"{where} has no values (null); give at least one value", field=where)
+    if isinstance(spec, np.ndarray) and spec.ndim == 0:
+        spec = spec.item()
+    if isinstance(spec, np.ndarray) and spec.ndim > 1 and name != "overlap_grid":
+        raise ConfigError(f"{where}: a numpy array of shape {spec.shape}; an axis is one-dimensional", field=where)
+    if isinstance(spec, (list, tuple, range, np.ndarray)):
+        if len(spec) == 0:
+            raise ConfigError(f"{where}: an empty list gives an empty sweep; give at least one value", field=where)
+        if len(spec) > MAX_AXIS_VALUES:
+            raise ConfigError(
+                f"{where}: {len(spec):,} values exceeds the cap of {MAX_AXIS_VALUES:,} values per axis", field=where
+            )
+        return _plain(spec)
+    if isinstance(spec, (set, frozenset, Mapping)) or not isinstance(spec, (str, int, float, bool, np.generic)):
+        raise ConfigError(
+            f"{where}={_short(spec)}: an axis is a list of values, a single value or {{linspace: [a, b, n]}}",
+            field=where,
+        )
+    return [_plain(spec)]
+
+
+def _axis_length(spec: Any) -> int:
+    if isinstance(spec, Mapping):
+        return int(next(iter(spec.values()))[2])
+    return len(spec)
 
 
 def _expand_axis(name: str, spec: Any) -> list:
     """A grid axis: a list, a scalar, or {linspace: [a, b, n]} / {logspace: [a, b, n]} (numpy semantics,
     logspace endpoints are exponents of 10)."""
-    if isinstance(spec, dict):
-        if len(spec) != 1 or next(iter(spec)) not in ("linspace", "logspace"):
-            raise ConfigError(
-                f"grid.{name}={spec!r}: a range must be {{linspace: [a, b, n]}} or {{logspace: [a, b, n]}}"
-            )
-        kind, args = next(iter(spec.items()))
-        if not (
-            isinstance(args, (list, tuple)) and len(args) == 3 and float(args[2]).is_integer() and int(args[2]) >= 1
-        ):
-            raise ConfigError(f"grid.{name}.{kind}={args!r}: needs [start, stop, count] with an integer count >= 1")
-        values = getattr(np, kind)(float(args[0]), float(args[1]), int(args[2]))
-        return [float(v) for v in values]
-    if isinstance(spec, (list, tuple)):
-        if len(spec) == 0:
-            raise ConfigError(f"grid.{name}: an empty list gives an empty sweep; give at least one value")
-        return list(spec)
-    return [spec]
+    spec = _axis_spec(name, spec)
+    if isinstance(spec, Mapping):
+        kind, (start, stop, count) = next(iter(spec.items()))
+        return [float(v) for v in getattr(np, kind)(float(start), float(stop), int(count))]
+    return list(spec)
 
 
 class SweepSpec:
@@ -195,7 +563,7 @@ class SweepSpec:
 
     def with_values(self, values: dict) -> ConfigBase:
         """The base configuration with some fields replaced (validated)."""
-        plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
+        plain = {k: _plain(v) for k, v in values.items()}
         return config_model().model_validate({**self.base.model_dump(), **plain})
 
     def to_yaml(self) -> str:
@@ -206,33 +574,55 @@ class SweepSpec:
 
 def _apply_preset(raw: dict) -> dict:
     """Fill in the preset of the top-level objective (e.g. CRNC25's setting) for unset keys."""
-    name = raw.get("objective")
+    _check_preset_grid(raw)
+    name = raw.get("objective", fields.get("objective").default)
     objective = objectives.OBJECTIVES.get(name) if isinstance(name, str) else None
     if objective is None or objective.preset is None:
         return raw
-    _check_preset_grid(raw, objective.name, objective.preset)
     return {**objective.preset, **raw}
 
 
-def _check_preset_grid(raw: dict, top: str, preset) -> None:
-    """A preset follows the top-level objective only: a grid over objectives whose presets differ
-    on a key the user leaves unset (CRNC25's learning rates: FKL 0.15, RKL 0.01) would silently
-    run them with the top-level preset's value."""
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, a list and a tuple of the same items included."""
+    return _plain(a) == _plain(b)
+
+
+def _check_preset_grid(raw: dict) -> None:
+    """A preset follows the top-level objective only: a grid value that is a preset objective
+    (chen2025_*) under another top-level objective would run with the top-level objective's values
+    (its preset, or the defaults) for every key the user leaves unset: CRNC25's learning rates (FKL
+    0.15, RKL 0.01), or all 14 keys of CRNC25's setting under a top-level `fkl`. Refused unless
+    the two agree on every such key."""
     grid = raw.get("grid")
-    if not isinstance(grid, dict) or "objective" not in grid:
+    if not isinstance(grid, Mapping) or "objective" not in grid:
         return
-    values = grid["objective"] if isinstance(grid["objective"], (list, tuple)) else [grid["objective"]]
+    top = raw.get("objective", fields.get("objective").default)
+    top_objective = objectives.OBJECTIVES.get(top) if isinstance(top, str) else None
+    top_preset = (top_objective.preset if top_objective is not None else None) or {}
+    axis = grid["objective"]
+    values = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    table = fields.all_fields()
     for other in values:
         o = objectives.OBJECTIVES.get(other) if isinstance(other, str) else None
         if o is None or o.preset is None or other == top:
             continue
-        for key in sorted(set(preset) | set(o.preset)):
-            if key in raw or key in grid or key == "objective" or preset.get(key) == o.preset.get(key):
+        differ = []
+        for key in sorted(set(top_preset) | set(o.preset)):
+            if key in raw or key in grid or key == "objective" or key not in table:
                 continue
+            mine, theirs = top_preset.get(key, table[key].default), o.preset.get(key, table[key].default)
+            if not _same(mine, theirs):
+                differ.append((key, mine, theirs))
+        if differ:
+            key, mine, theirs = differ[0]
+            more = f" (and {len(differ) - 1} more keys of its preset)" if len(differ) > 1 else ""
             raise ConfigError(
-                f"grid.objective={list(values)!r}: the {top} preset sets {key}={preset.get(key)!r}, so {other} would "
-                f"run with it instead of its own {o.preset.get(key)!r}; sweep one preset objective per config "
-                f"(configs/chen2025.yaml, configs/chen2025_rkl.yaml) or set {key} explicitly"
+                f"grid.objective={_short(values)}: the {other} preset would not apply under the top-level "
+                f"objective {top} (a preset follows the top-level objective), so {other} would run with "
+                f"{key}={mine!r} instead of its own {theirs!r}{more}; make {other} the top-level objective, sweep "
+                f"one preset objective per config (configs/chen2025.yaml, configs/chen2025_rkl.yaml) or set "
+                f"{key} explicitly",
+                field="grid.objective",
             )
 
 
@@ -256,59 +646,115 @@ def resolve_config_path(source: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     available = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
-    raise ConfigError(f"config file {str(path)!r} does not exist (configurations shipped with forget-jax: {available})")
+    raise ConfigError(
+        f"config file {str(path)!r} does not exist (configurations shipped with forget-jax: {available})",
+        field="config",
+    )
 
 
-def load_config(source: str | Path | dict) -> SweepSpec:
+def load_config(source: str | Path | Mapping) -> SweepSpec:
     """Parse, fill defaults, apply presets, validate every grid value and combination.
 
-    Raises ConfigError (a one-line message) on any mistake.
+    A path is read with `read_yaml` (duplicate keys, alias bombs, non-UTF-8 bytes and empty files
+    are refused) and every error names `FILE:LINE` of the field; a mapping (the Python API) may
+    hold numpy arrays, numpy scalars and ranges as grid values (made plain Python numbers).
+
+    Raises ConfigError (a one-line message naming the field) on any mistake.
     """
-    if isinstance(source, (str, Path)) and not isinstance(source, dict):
+    if isinstance(source, (str, Path)):
         path = resolve_config_path(source)
+        raw, lines = read_yaml(path)
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"{path}: a config must be a mapping of keys to values, got {type(raw).__name__}", field="config"
+            )
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    else:
-        raw = dict(source)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
-    raw = _apply_preset(raw)
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"grid={grid!r}: must be a mapping field -> list or range")
+            return _load(raw)
+        except ConfigError as exc:
+            raise _locate(exc, path, lines) from None
+    return _load(source)
+
+
+def _load(source: Any) -> SweepSpec:
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(source).__name__}", field="config")
+    raw = dict(source)
+    for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError(f"key {_short(key)}: config keys are field names (strings)", field="config")
+    grid_in = raw.get("grid")
+    if grid_in is None:
+        grid_in = {}
+    if not isinstance(grid_in, Mapping):
+        raise ConfigError(
+            f"grid={_short(grid_in)}: must be a mapping field -> list or range, got {type(grid_in).__name__}",
+            field="grid",
+        )
     griddable = griddable_fields()
-    for key in grid:
-        if key not in griddable:
+    for key in grid_in:
+        if not isinstance(key, str) or key not in griddable:
             close = difflib.get_close_matches(str(key), griddable, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"grid key '{key}' is not a griddable field{hint}; allowed: {', '.join(griddable)}")
+            raise ConfigError(
+                f"grid key '{key}' is not a griddable field{hint}; allowed: {', '.join(griddable)}", field=f"grid.{key}"
+            )
+    grid = {k: _axis_spec(k, v) for k, v in grid_in.items()}
+    if "grid" in raw:
+        raw["grid"] = grid
+    raw = _apply_preset(raw)
     model = config_model()
     try:
         base = model(**{**raw, "grid": grid})
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
-    axes = {k: _expand_axis(k, v) for k, v in grid.items()}
-    dumped = base.model_dump()
-    # validate each value of each axis, then every combination (cross-field rules)
-    for k, values in axes.items():
+        e = err.errors()[0]
+        field = _error_field(err) if e["loc"] else _rule_field(e["msg"].removeprefix("Value error, "), raw)
+        raise ConfigError(_format_error(err), field=field) from None
+    lengths = {k: _axis_length(v) for k, v in grid.items()}
+    points = math.prod(lengths.values()) * base.seeds
+    if points > MAX_GRID_POINTS:
+        shape = " x ".join(f"{k} {n}" for k, n in lengths.items())
+        raise ConfigError(
+            f"grid: {shape} x {base.seeds} seeds = {points:.3g} configurations exceeds the hard cap of "
+            f"{MAX_GRID_POINTS:.0e}",
+            field="grid",
+        )
+    # each value of each axis alone (type, bounds, choices; distinct), then every combination of
+    # the axes that cross-field rules read
+    axes: dict[str, list] = {}
+    for k, spec in grid.items():
+        adapter = _field_adapter(k)
         checked = []
-        for v in values:
+        for v in _expand_axis(k, spec):
             try:
-                checked.append(getattr(model.model_validate({**dumped, k: v}), k))
+                checked.append(adapter.validate_python(v))
             except ValidationError as err:
-                raise ConfigError(_format_error(err, prefix="grid.") + f" (grid.{k} value {v!r})") from None
+                raise ConfigError(
+                    f"{_format_error(err, prefix=f'grid.{k}')} (grid.{k} value {_short(v)})", field=f"grid.{k}"
+                ) from None
+        seen: dict[Any, int] = {}
+        for i, v in enumerate(checked):
+            if v in seen:
+                raise ConfigError(
+                    f"grid.{k}: the value {_short(v)} appears twice (positions {seen[v]} and {i}); the values of an "
+                    "axis must be distinct (a duplicate runs the same configurations twice)",
+                    field=f"grid.{k}",
+                )
+            seen[v] = i
         axes[k] = checked
     spec = SweepSpec(base, axes)
-    # cross-field rules only involve these fields: check every combination of their grid axes
+    values = {k: getattr(base, k) for k in fields.all_fields()}
     cross = fields.cross_fields()
     combo_axes = [(k, v) for k, v in spec.axes.items() if k in cross]
-    for combo in itertools.product(*(v for _, v in combo_axes)):
-        update = {k: v for (k, _), v in zip(combo_axes, combo)}
-        try:
-            model.model_validate({**dumped, **update})
-        except ValidationError as err:
-            where = ", ".join(f"{k}={v!r}" for k, v in update.items())
-            raise ConfigError(f"{_format_error(err)} (at grid point {where})") from None
+    if combo_axes:
+        rules = fields.rules()
+        for combo in itertools.product(*(v for _, v in combo_axes)):
+            update = {k: v for (k, _), v in zip(combo_axes, combo)}
+            point = {**values, **update}
+            for rule in rules:
+                message = rule.check(point)
+                if message:
+                    where = ", ".join(f"{k}={v!r}" for k, v in update.items())
+                    gridded = [k for k in rule.fields if k in update]
+                    field = f"grid.{gridded[-1]}" if gridded else rule.fields[-1]
+                    raise ConfigError(f"{message} (at grid point {where})", field=field)
     return spec

@@ -47,6 +47,8 @@ class Field:
         ge, gt, le, lt: bounds of a number.
         whole: a traced number that must be a whole number (e.g. a lag in steps).
         nullable: `None` is allowed (means "automatic").
+        pattern: a `str` field's values must match this Python regular expression (fullmatch).
+        pattern_text: the allowed strings in words (docs table, error messages).
         symbol: the math symbol (plot labels, docs table).
         label: words for plot labels (default: the name with spaces).
         objective: the objectives that read it (`("all",)` for every objective).
@@ -67,6 +69,8 @@ class Field:
     lt: float | None = None
     whole: bool = False
     nullable: bool = False
+    pattern: str | None = None
+    pattern_text: str = ""
     symbol: str = ""
     label: str = ""
     objective: tuple[str, ...] = ("all",)
@@ -84,6 +88,8 @@ class Field:
             return " \\| ".join(f"`{c}`" for c in self.choices)
         if self.type is bool:
             return "true \\| false"
+        if self.type is str:
+            return self.pattern_text or (f"`{self.pattern}`" if self.pattern else "text")
         lo = f"[{_num(self.ge)}" if self.ge is not None else (f"({_num(self.gt)}" if self.gt is not None else "(-inf")
         hi = f"{_num(self.le)}]" if self.le is not None else (f"{_num(self.lt)})" if self.lt is not None else "inf)")
         if self.type is tuple:
@@ -288,6 +294,9 @@ def readme_with_table(text: str, table: str) -> str:
 
 _OWN = "forget_jax.fields"
 
+#: A name that is safe as (part of) a file name: plots build default file names from `name`.
+NAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,199}"
+
 declare(
     # ---- engine: what is computed and how (static)
     Field(
@@ -350,6 +359,7 @@ declare(
         "metrics at steps 0, k, 2k, ..., T (must divide `steps`)",
         type=int,
         ge=1,
+        le=100_000_000,
         symbol="k",
         group="engine",
     ),
@@ -374,7 +384,7 @@ declare(
     ),
     Field("adam_b1", "static", 0.9, "Adam first-moment decay", ge=0, lt=1, group="engine"),
     Field("adam_b2", "static", 0.999, "Adam second-moment decay", ge=0, lt=1, group="engine"),
-    Field("adam_eps", "static", 1e-8, "Adam epsilon", gt=0, group="engine"),
+    Field("adam_eps", "static", 1e-8, "Adam epsilon", gt=0, le=1, group="engine"),
     Field(
         "learner_modes",
         "static",
@@ -423,7 +433,13 @@ declare(
         group="engine",
     ),
     Field(
-        "scale_min", "static", 1e-3, "learnable scales are clipped to >= scale_min (CRNC25: 1e-3)", gt=0, group="engine"
+        "scale_min",
+        "static",
+        1e-3,
+        "learnable scales are clipped to >= scale_min (CRNC25: 1e-3)",
+        gt=0,
+        le=1e3,
+        group="engine",
     ),
     Field(
         "overlap_grid",
@@ -453,11 +469,13 @@ declare(
         "traced",
         0.0,
         "position of the target old mode mu_o* along e_1",
+        ge=-1e3,
+        le=1e3,
         symbol="μ_o*",
         group="geometry",
     ),
-    Field("target_old_scale", "traced", 1.0, "target old scale s_o*", gt=0, symbol="s_o*", group="geometry"),
-    Field("target_new_scale", "traced", 1.0, "target new scale s_n*", gt=0, symbol="s_n*", group="geometry"),
+    Field("target_old_scale", "traced", 1.0, "target old scale s_o*", gt=0, le=1e3, symbol="s_o*", group="geometry"),
+    Field("target_new_scale", "traced", 1.0, "target new scale s_n*", gt=0, le=1e3, symbol="s_n*", group="geometry"),
     Field(
         "init_old_weight",
         "traced",
@@ -474,6 +492,8 @@ declare(
         "traced",
         0.0,
         "m_o(0) - mu_o* along the separation axis",
+        ge=-1e3,
+        le=1e3,
         symbol="m_o(0) − μ_o*",
         label="initial old offset",
         group="geometry",
@@ -483,12 +503,14 @@ declare(
         "traced",
         -1.0,
         "m_n(0) - mu_n* along the separation axis",
+        ge=-1e3,
+        le=1e3,
         symbol="m_n(0) − μ_n*",
         label="initial new offset",
         group="geometry",
     ),
-    Field("init_old_scale", "traced", 1.0, "initial old scale s_o(0)", gt=0, symbol="s_o(0)", group="geometry"),
-    Field("init_new_scale", "traced", 1.0, "initial new scale s_n(0)", gt=0, symbol="s_n(0)", group="geometry"),
+    Field("init_old_scale", "traced", 1.0, "initial old scale s_o(0)", gt=0, le=1e3, symbol="s_o(0)", group="geometry"),
+    Field("init_new_scale", "traced", 1.0, "initial new scale s_n(0)", gt=0, le=1e3, symbol="s_n(0)", group="geometry"),
     # ---- training (traced)
     Field(
         "replay_ratio",
@@ -509,6 +531,7 @@ declare(
         1.0,
         "learning-rate multiplier of the old group (beta, m_o, s_o; CRNC25: 0.005)",
         ge=0,
+        le=1e3,
         symbol="η_o/η",
         label="old learning-rate scale",
         group="training",
@@ -519,6 +542,7 @@ declare(
         1.0,
         "learning-rate multiplier of the new group (m_n, s_n)",
         ge=0,
+        le=1e3,
         symbol="η_n/η",
         label="new learning-rate scale",
         group="training",
@@ -535,7 +559,16 @@ declare(
         group="sweep",
     ),
     Field("seed_offset", "sweep", 0, "first seed", type=int, ge=0, le=2**31 - 1_000_001, group="sweep"),
-    Field("name", "sweep", "sweep", "name of the sweep (progress bar, store attribute)", type=str, group="sweep"),
+    Field(
+        "name",
+        "sweep",
+        "sweep",
+        "name of the sweep (progress bar, store attribute, default file names of plots)",
+        type=str,
+        pattern=NAME_PATTERN,
+        pattern_text="letters, digits, `.` `_` `-`; no leading `.`, no `..`; at most 200",
+        group="sweep",
+    ),
     Field(
         "description", "sweep", "", "free text kept in the store's config", type=str, default_text='""', group="sweep"
     ),

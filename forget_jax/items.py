@@ -125,6 +125,7 @@ fields.declare(
         f"candidate spread delta: distance of the candidates from the item centre, in units of the mode's scale "
         f"({_DOC})",
         gt=0,
+        le=1e3,
         symbol="δ_items",
         label="item spread",
         group="samplewise",
@@ -136,6 +137,7 @@ fields.declare(
         f"generative answers farther than R_max (mode's scale units) from every candidate are invalid (wrong); "
         f"0 = no radius ({_DOC})",
         ge=0,
+        le=1e3,
         symbol="R_max",
         label="invalid radius",
         group="samplewise",
@@ -146,6 +148,7 @@ fields.declare(
         0.0,
         f"temperature T of the likelihood ranking softmax; 0 = greedy ({_DOC})",
         ge=0,
+        le=1e3,
         symbol="T",
         label="ranking temperature",
         group="samplewise",

@@ -88,9 +88,12 @@ def test_defaults():
     assert spec.axes == {} and spec.dims == ("seed",) and spec.shape == (1,)
 
 
-def test_empty_yaml_file_is_all_defaults(tmp_path):
+def test_empty_yaml_file_is_refused_and_empty_mapping_is_all_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set\n")
+    with pytest.raises(ConfigError, match="empty config"):
+        load_config(path)  # an empty file is a mistake (it used to run the defaults silently)
+    path.write_text("{}  # every default, on purpose\n")
     assert load_config(path).base == SimulationConfig()
 
 

@@ -127,6 +127,7 @@ CHEN2025_RKL = register(
                 0.1,
                 "CRNC25's REINFORCE_BETA tau of the surrogate reward",
                 gt=0,
+                le=1e3,
                 symbol="τ",
                 objective=("chen2025_rkl",),
             ),

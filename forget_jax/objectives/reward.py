@@ -92,17 +92,35 @@ fields.declare(
         objective=GROUPED,
     ),
     fields.Field(
-        "reward_width", "traced", 1.0, "width rho of the quadratic reward", gt=0, symbol="ρ", objective=GROUPED
+        "reward_width",
+        "traced",
+        1.0,
+        "width rho of the quadratic reward",
+        gt=0,
+        le=1e3,
+        symbol="ρ",
+        objective=GROUPED,
     ),
     fields.Field(
         "reward_offset",
         "traced",
         0.0,
         "quadratic reward centre mu_R - mu_n* along e_1",
+        ge=-1e3,
+        le=1e3,
         symbol="μ_R − μ_n*",
         objective=GROUPED,
     ),
-    fields.Field("reward_slope", "traced", 1.0, "linear reward w = reward_slope e_1", symbol="w", objective=GROUPED),
+    fields.Field(
+        "reward_slope",
+        "traced",
+        1.0,
+        "linear reward w = reward_slope e_1",
+        ge=-1e3,
+        le=1e3,
+        symbol="w",
+        objective=GROUPED,
+    ),
     owner=__name__,
 )
 
