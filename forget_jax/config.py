@@ -297,7 +297,7 @@ _Loader.add_implicit_resolver(
 
 
 class _Problem(Exception):
-    def __init__(self, message: str, line: int | None = None, field: str | None = None):
+    def __init__(self, message: str, line: int | None = None, field: str | None = "config"):
         super().__init__(message)
         self.line, self.field = line, field
 
@@ -728,9 +728,7 @@ def _load(source: Any) -> SweepSpec:
             try:
                 checked.append(adapter.validate_python(v))
             except ValidationError as err:
-                raise ConfigError(
-                    f"{_format_error(err, prefix=f'grid.{k}')} (grid.{k} value {_short(v)})", field=f"grid.{k}"
-                ) from None
+                raise ConfigError(_format_error(err, prefix=f"grid.{k}"), field=f"grid.{k}") from None
         seen: dict[Any, int] = {}
         for i, v in enumerate(checked):
             if v in seen:
