@@ -39,6 +39,26 @@ def user_errors():
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # disk full, --out under a file, permission denied, a directory for a file
+        typer.echo(f"error: {_os_error_text(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One line naming the path(s) and the reason of an OSError (ENOSPC, ENOTDIR, EACCES, EISDIR)."""
+    import errno
+
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    hints = {
+        errno.ENOSPC: "free some space or write the store elsewhere (--out)",
+        errno.ENOTDIR: "a parent of this path is a file, not a folder",
+        errno.EACCES: "no permission; choose a path you can write",
+        errno.EISDIR: "a folder was given where a file is expected",
+        errno.EEXIST: "a file is in the way of a folder to create",
+    }
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    hint = hints.get(exc.errno or -1)
+    return (f"{paths}: " if paths else "") + reason + (f" ({hint})" if hint else "")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
