@@ -3,6 +3,7 @@
   forget-jax sweep CONFIG.yaml --out STORE [--resume] [--shard i/N] [--chunk-size N] [--x64]
   forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
   forget-jax info STORE
+  forget-jax verify STORE
   forget-jax reproduce NAME|all [--out DIR] [--quick]
   forget-jax fields [--write-readme README.md]
   forget-jax transitions BEFORE AFTER [BEFORE AFTER ...] [--k K | --k-map F] [--out FILE.csv] [--plot FILE.png]
@@ -158,12 +159,25 @@ def info(store: Annotated[Path, typer.Argument(help="zarr store written by `forg
 def export(
     store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="netCDF file to write (.nc)")],
+    force: Annotated[bool, typer.Option("--force", help="overwrite OUT if it exists")] = False,
 ):
     """Export a store to netCDF (h5netcdf engine)."""
     with user_errors():
         from .store import export_netcdf
 
-        typer.echo(f"wrote {export_netcdf(store, out)}")
+        typer.echo(f"wrote {export_netcdf(store, out, force=force)}")
+
+
+@app.command()
+def verify(store: Annotated[Path, typer.Argument(help="zarr store written by `forget-jax sweep`")]):
+    """Check every committed chunk, coordinate and metadata file against its checksum and the
+    store's bookkeeping; name what is damaged. Exit 0 healthy, 1 damaged (`--resume` repairs it)."""
+    with user_errors():
+        from .store import verify as verify_store
+
+        report = verify_store(store)
+    typer.echo("\n".join(report.lines()))
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()
