@@ -1,14 +1,36 @@
-"""The training loop: one jitted function per `Setup`, vmapped over a batch of `Hyper`s.
+"""The training loop: three pure functions per `Setup` (init, segment, finish), vmapped over a
+batch of `Hyper`s.
 
-Structure (purejaxrl / gymnax): an outer `lax.scan` over logged points, an inner `lax.scan` over
-the `log_every` steps between them, so memory is O(steps / log_every) and no Python runs inside
-the loop. The PRNG key of step t of a configuration is the objective's `batch_key(key(seed), t,
-hyper, setup)` (default `fold_in(key(seed), t)`; OAPL's batch reuse: one key per sync window): it
-depends on that configuration's own seed and values only, never on the batch it runs in.
+Structure (purejaxrl / gymnax): a loop over logged points j = 0 .. num_logs - 1, an inner
+`lax.scan` over the `log_every` steps between them, so memory is O(steps / log_every) and no
+Python runs inside the loop. Log point j records the state after j * log_every steps (j = 0 is
+theta(0)). A run is cut into *segments* over log points (`make_segments`): the carry (`Carry`:
+training state, the theta(0) reference of the sample-wise metrics, one preallocated buffer of
+shape (num_logs,) per metric) holds plain numeric arrays only, so it can be moved to the host,
+saved and put back between segments; `segment(carry, hyper, start, stop)` takes the log-point
+bounds as traced int32 scalars, so one compiled program serves every segment length, and any
+split of [0, num_logs) gives bitwise the same trajectory as one segment over everything.
 
-Divergence (NaN / inf in the parameters or the loss) is recorded per configuration in the
-`diverged` flag; the batch keeps running and other configurations are unaffected (every
-operation is elementwise across the configuration axis).
+The PRNG key of step t of a configuration is the objective's `batch_key(key(seed), t, hyper,
+setup)` (default `fold_in(key(seed), t)`; OAPL's batch reuse: one key per sync window): it
+depends on that configuration's own seed and values only, never on the batch it runs in, nor on
+where the run was cut into segments (the key is rebuilt from `hyper.seed` in every segment).
+
+Divergence, per configuration (`DIVERGENCE_REASONS`, first cause wins): after every update the
+state theta(t) (parameters, companion, optimiser state) is checked for NaN, then inf, then
+*blow-up*: a learner mean farther than `BLOWUP_FACTOR` target lengths from mu_o*,
+||m_k - mu_o*|| > 1e3 L with L = ||mu_n* - mu_o*|| + max(s_o*, s_n*) = |Delta| s_o* + max(s_o*, s_n*),
+or a scale s_k > 1e3 max(s_o*, s_n*) or s_k <= 0. (L is the extent of the target: the distance
+between its modes plus its widest component; a run that heads for a target sits within a few L
+of mu_o*. Learnable scales are clipped to >= scale_min after every update, so the lower end is
+only reachable by a non-positive scale; the mixture weight parameter is not bounded: a logit may
+legitimately drift to large |a| under starvation.) A logged state whose loss or old weight is not
+finite also counts (reason from the value, step = that log point's step). From the first bad
+state on, the configuration is frozen at its last good state (nothing overflows further), every
+metric logged at a step >= `diverged_step` is NaN, and `diverged`, `diverged_reason` (index into
+`DIVERGENCE_REASONS`) and `diverged_step` (the t of the first bad state theta(t), i.e. the number
+of steps after which it went bad; -1 if never) are returned per configuration. The rest of the
+batch is unaffected (every operation is elementwise across the configuration axis).
 """
 
 from __future__ import annotations
@@ -32,9 +54,20 @@ from .objectives import get_objective
 from .spec import Hyper, Setup
 from .update import apply_update, make_optimizer
 
-#: How many times the training function of each Setup has been traced (compiled). A batch of any
-#: traced values reuses one trace per (Setup, batch shape); tests use this to prove it.
+#: How many times the training loop of each Setup has been traced (compiled). A batch of any
+#: traced values reuses one trace per (Setup, batch shape); tests use this to prove it. Counted in
+#: the segment function (the loop), once per trace of `make_train` or of a compiled segment.
 TRACE_COUNTS: Counter = Counter()
+
+#: Divergence reason codes: `diverged_reason` is an index into this tuple (first cause wins).
+DIVERGENCE_REASONS: tuple[str, ...] = ("none", "nan", "inf", "blow-up")
+
+#: Per-configuration outputs of `finish` (besides the per-log-point metrics of METRIC_NAMES).
+PER_CONFIG_OUTPUTS: tuple[str, ...] = ("diverged", "diverged_reason", "diverged_step")
+
+#: Blow-up bound in units of the target's extent (module doc): means beyond 1e3 L of mu_o*, scales
+#: beyond 1e3 max(s_o*, s_n*).
+BLOWUP_FACTOR = 1e3
 
 Trajectory = dict[str, Array]
 
@@ -42,7 +75,8 @@ Trajectory = dict[str, Array]
 class TrainState(eqx.Module):
     """Loop carry. `companion` is a second copy of theta that some objectives track alongside
     the learner (an EMA teacher, a lagged behaviour policy, the reference model theta(0)); it
-    starts at theta(0) and objectives without one leave it untouched."""
+    starts at theta(0) and objectives without one leave it untouched. `diverged_reason` indexes
+    `DIVERGENCE_REASONS`; `diverged_step` is the t of the first bad state theta(t), -1 if none."""
 
     params: LearnerParams
     companion: LearnerParams
@@ -51,18 +85,79 @@ class TrainState(eqx.Module):
     old_drift_max: Scalar
     max_importance_weight: Scalar
     diverged: Bool[Array, ""]
+    diverged_reason: Int[Array, ""]
+    diverged_step: Int[Array, ""]
 
 
-def _all_finite(tree) -> Bool[Array, ""]:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+class Carry(eqx.Module):
+    """Everything a run carries between segments, as plain numeric / bool arrays (no PRNG keys:
+    they are rebuilt from `hyper.seed`), so `jax.tree.map(np.asarray, carry)` saves it and
+    `jax.tree.unflatten(treedef, leaves)` restores it.
+
+    Attributes:
+        state: the training state after the last log point run so far.
+        before: what the sample-wise metrics keep of theta(0) (None when they are off).
+        trajectory: metric name -> buffer of shape (num_logs,); entries not yet logged are NaN.
+    """
+
+    state: TrainState
+    before: items.Reference | None
+    trajectory: dict[str, Array]
 
 
-def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
-    """Return `train(hyper) -> trajectory` for one configuration (unbatched `hyper`).
+def _float_leaves(tree) -> list[Array]:
+    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
 
-    The trajectory maps each name of `metrics.METRIC_NAMES` to an array of shape
-    (setup.num_logs,) (steps 0, log_every, ..., steps) and `diverged` to a boolean scalar.
+
+def _reason(values: list[Array], blown_up: Bool[Array, ""]) -> Int[Array, ""]:
+    """Divergence code of a state (index into DIVERGENCE_REASONS): NaN anywhere, else inf
+    anywhere, else `blown_up`, else 0."""
+    has_nan = jnp.any(jnp.stack([jnp.any(jnp.isnan(x)) for x in values]))
+    has_inf = jnp.any(jnp.stack([jnp.any(jnp.isinf(x)) for x in values]))
+    code = jnp.where(blown_up, 3, 0)
+    code = jnp.where(has_inf, 2, code)
+    return jnp.where(has_nan, 1, code).astype(jnp.int32)
+
+
+def blown_up(params: LearnerParams, hyper: Hyper, setup: Setup) -> Bool[Array, ""]:
+    """True when theta has left the region of the target (module doc): a mean farther than
+    BLOWUP_FACTOR * L from mu_o* with L = |Delta| s_o* + max(s_o*, s_n*), or a scale outside
+    (0, BLOWUP_FACTOR * max(s_o*, s_n*)].
+
+    Args:
+        params: theta; hyper: one configuration (unbatched); setup: its static structure.
+    Returns:
+        a boolean scalar.
+    """
+    target = target_mixture(hyper, setup)
+    widest = jnp.maximum(target.old_scale, target.new_scale)
+    length = jnp.linalg.norm(target.new_mean - target.old_mean) + widest
+    far = lambda mean: jnp.linalg.norm(mean - target.old_mean) > BLOWUP_FACTOR * length
+    bad_scale = lambda s: (s <= 0) | (s > BLOWUP_FACTOR * widest)
+    return far(params.old_mean) | far(params.new_mean) | bad_scale(params.old_scale) | bad_scale(params.new_scale)
+
+
+def _state_reason(state_parts, params: LearnerParams, hyper: Hyper, setup: Setup) -> Int[Array, ""]:
+    return _reason(_float_leaves(state_parts), blown_up(params, hyper, setup))
+
+
+def make_segments(
+    setup: Setup,
+) -> tuple[
+    Callable[[Hyper], Carry],
+    Callable[[Carry, Hyper, Int[Array, ""], Int[Array, ""]], Carry],
+    Callable[[Carry], Trajectory],
+]:
+    """Return `(init, segment, finish)` for one configuration (unbatched `hyper`).
+
+    * `init(hyper) -> carry`: theta(0) and empty (NaN) trajectory buffers, before any log point;
+    * `segment(carry, hyper, start, stop) -> carry`: runs log points j in [start, stop) (0 <= start
+      <= stop <= setup.num_logs; traced int32 scalars, so one program serves every segment), each
+      advancing log_every steps (none for j = 0) and writing its record at index j;
+    * `finish(carry) -> trajectory`: each name of METRIC_NAMES -> array (num_logs,) (steps 0,
+      log_every, ..., steps) and each name of PER_CONFIG_OUTPUTS -> a scalar (module doc).
+
+    Running the log points in order, under any split into segments, gives the same trajectory.
     """
     objective = get_objective(setup.objective)
     optimizer = make_optimizer(setup)
@@ -70,41 +165,70 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     def evaluate(params, hyper, key, companion):
         return objective.loss(params, hyper, setup, key, companion)
 
-    nan = jnp.asarray(jnp.nan, setup.dtype)
-
-    def train(hyper: Hyper) -> Trajectory:
-        TRACE_COUNTS[setup] += 1
-        key = jax.random.key(hyper.seed)
+    def init(hyper: Hyper) -> Carry:
+        nan = jnp.asarray(jnp.nan, setup.dtype)
         target = target_mixture(hyper, setup)
         params = init_params(hyper, setup)
         before = items.reference(params, hyper, setup)  # sample-wise metrics: before = theta(0)
+        opt_state = optimizer.init(params)
+        reason = _state_reason((params, opt_state), params, hyper, setup)
         state = TrainState(
             params=params,
             companion=params,
-            opt_state=optimizer.init(params),
+            opt_state=opt_state,
             starved_steps=jnp.zeros((), jnp.int32),
             old_drift_max=old_drift(params, target),
             max_importance_weight=nan,
-            diverged=jnp.zeros((), bool),
+            diverged=reason > 0,
+            diverged_reason=reason,
+            diverged_step=jnp.where(reason > 0, 0, -1).astype(jnp.int32),
         )
+        trajectory = {name: jnp.full((setup.num_logs,), jnp.nan, setup.dtype) for name in METRIC_NAMES}
+        return Carry(state=state, before=before, trajectory=trajectory)
+
+    def segment(carry: Carry, hyper: Hyper, start, stop) -> Carry:
+        TRACE_COUNTS[setup] += 1
+        start = jnp.asarray(start, jnp.int32)
+        stop = jnp.asarray(stop, jnp.int32)
+        step_dtype = jnp.arange(1).dtype  # int64 under x64, as the step counters always were
+        key = jax.random.key(hyper.seed)
+        target = target_mixture(hyper, setup)
+        nan = jnp.asarray(jnp.nan, setup.dtype)
+        before = carry.before
+        grad_fn = jax.grad(evaluate, has_aux=True)
 
         def step(state: TrainState, t) -> tuple[TrainState, None]:
-            grad_fn = jax.grad(evaluate, has_aux=True)
             grads, estimate = grad_fn(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
-            finite = _all_finite(params)  # a non-finite loss makes the gradient, hence theta, non-finite
             companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
-            return TrainState(
+            reason = _state_reason((params, companion, opt_state), params, hyper, setup)
+            stepped = TrainState(
                 params=params,
                 companion=companion,
                 opt_state=opt_state,
                 starved_steps=state.starved_steps + estimate.starved.astype(jnp.int32),
                 old_drift_max=jnp.fmax(state.old_drift_max, old_drift(params, target)),
                 max_importance_weight=jnp.fmax(state.max_importance_weight, estimate.max_importance_weight),
-                diverged=state.diverged | ~finite,
-            ), None
+                diverged=state.diverged,
+                diverged_reason=state.diverged_reason,
+                diverged_step=state.diverged_step,
+            )
+            # a diverged configuration stays frozen at its last good state
+            frozen = state.diverged | (reason > 0)
+            kept = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state, stepped)
+            newly = ~state.diverged & (reason > 0)
+            kept = eqx.tree_at(
+                lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
+                kept,
+                (
+                    frozen,
+                    jnp.where(newly, reason, state.diverged_reason),
+                    jnp.where(newly, (t + 1).astype(jnp.int32), state.diverged_step),
+                ),
+            )
+            return kept, None
 
-        def record(state: TrainState, t, starved_fraction) -> dict[str, Scalar]:
+        def record(state: TrainState, t, starved_fraction) -> tuple[TrainState, dict[str, Scalar]]:
             metrics = measure(state.params, hyper, setup)
             _, estimate = evaluate(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
             metrics.update(
@@ -114,24 +238,63 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
                 max_importance_weight=state.max_importance_weight,
             )
             metrics.update(items.measure(state.params, before, hyper, setup))
-            return {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
+            metrics = {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
+            # a logged state whose loss or old weight is not finite diverges here (step t)
+            reason = _reason([metrics["loss"], metrics["old_weight"]], jnp.zeros((), bool))
+            newly = ~state.diverged & (reason > 0)
+            state = eqx.tree_at(
+                lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
+                state,
+                (
+                    state.diverged | newly,
+                    jnp.where(newly, reason, state.diverged_reason),
+                    jnp.where(newly, t.astype(jnp.int32), state.diverged_step),
+                ),
+            )
+            metrics = {name: jnp.where(state.diverged, nan, value) for name, value in metrics.items()}
+            return state, metrics
 
-        def block(state: TrainState, j) -> tuple[TrainState, dict[str, Scalar]]:
+        def advance(state: TrainState, j) -> TrainState:
+            state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
+            first = (j - 1).astype(step_dtype) * setup.log_every
+            return jax.lax.scan(step, state, first + jnp.arange(setup.log_every, dtype=step_dtype))[0]
+
+        def body(loop: tuple[Int[Array, ""], Carry]) -> tuple[Int[Array, ""], Carry]:
             # log point j records the state after j * log_every steps; point 0 is the initial
             # state (no steps run), so the metric code is traced once, not twice
-            def advance(state: TrainState) -> TrainState:
-                state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
-                start = (j - 1) * setup.log_every
-                return jax.lax.scan(step, state, start + jnp.arange(setup.log_every))[0]
-
-            state = jax.lax.cond(j > 0, advance, lambda s: s, state)
+            j, carry = loop
+            state = jax.lax.cond(j > 0, advance, lambda s, _: s, carry.state, j)
             fraction = jnp.where(j > 0, state.starved_steps.astype(setup.dtype) / setup.log_every, nan)
-            return state, record(state, j * setup.log_every, fraction)
+            state, metrics = record(state, j.astype(step_dtype) * setup.log_every, fraction)
+            trajectory = {name: carry.trajectory[name].at[j].set(metrics[name]) for name in METRIC_NAMES}
+            return j + 1, Carry(state=state, before=carry.before, trajectory=trajectory)
 
-        state, trajectory = jax.lax.scan(block, state, jnp.arange(setup.num_logs))
-        finite_record = jnp.all(jnp.isfinite(trajectory["old_weight"])) & jnp.all(jnp.isfinite(trajectory["loss"]))
-        trajectory["diverged"] = state.diverged | ~finite_record
+        _, carry = jax.lax.while_loop(lambda loop: loop[0] < stop, body, (start, carry))
+        return carry
+
+    def finish(carry: Carry) -> Trajectory:
+        state = carry.state
+        trajectory = dict(carry.trajectory)
+        trajectory.update(
+            diverged=state.diverged, diverged_reason=state.diverged_reason, diverged_step=state.diverged_step
+        )
         return trajectory
+
+    return init, segment, finish
+
+
+def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
+    """Return `train(hyper) -> trajectory` for one configuration (unbatched `hyper`): init, one
+    segment over every log point, finish (`make_segments`).
+
+    The trajectory maps each name of `metrics.METRIC_NAMES` to an array of shape
+    (setup.num_logs,) (steps 0, log_every, ..., steps) and each name of PER_CONFIG_OUTPUTS to a
+    scalar (`diverged` bool, `diverged_reason` and `diverged_step` int32; module doc).
+    """
+    init, segment, finish = make_segments(setup)
+
+    def train(hyper: Hyper) -> Trajectory:
+        return finish(segment(init(hyper), hyper, 0, setup.num_logs))
 
     return train
 
@@ -150,6 +313,21 @@ def compiled_batch(setup: Setup) -> Callable[[Hyper], Trajectory]:
 
 
 @lru_cache(maxsize=64)
+def compiled_segments(setup: Setup) -> tuple[Callable, Callable, Callable]:
+    """`(init_b, segment_b, finish_b)` = `make_segments(setup)` vmapped over configurations and
+    jitted: `init_b(hyper)`, `segment_b(carry, hyper, start, stop)` (start / stop shared by the
+    batch, passed as `jnp.int32` scalars; the carry is donated) and `finish_b(carry)`. One
+    compiled segment program per (Setup, batch size) serves every segment. Call them inside
+    `precision(setup)`."""
+    init, segment, finish = make_segments(setup)
+    return (
+        jax.jit(jax.vmap(init)),
+        jax.jit(jax.vmap(segment, in_axes=(0, 0, None, None)), donate_argnums=0),
+        jax.jit(jax.vmap(finish)),
+    )
+
+
+@lru_cache(maxsize=64)
 def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
     return jax.jit(make_train(setup))
 
@@ -164,7 +342,8 @@ def _run(fn, setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
 def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
     """Run a batch of configurations (every leaf of `hyper` has a leading axis of length n).
 
-    Returns host arrays: metrics of shape (n, setup.num_logs) and `diverged` of shape (n,).
+    Returns host arrays: metrics of shape (n, setup.num_logs) and each name of PER_CONFIG_OUTPUTS
+    (`diverged`, `diverged_reason`, `diverged_step`) of shape (n,).
     """
     return _run(compiled_batch, setup, hyper)
 
