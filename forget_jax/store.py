@@ -519,19 +519,29 @@ def _settle_creation(path: Path, spec: SweepSpec | None, timeout_s: float = 300.
             if ready.exists():
                 return lines
             continue
-        from .runner.plan import make_plan  # plan.py imports nothing from the store
-
         try:
             old = json.loads(raw)
         except ValueError:
             old = {}
         same = isinstance(old, dict) and (old.get("attrs") or {}).get("config") == spec.to_yaml()
-        chunk_shape = tuple(old["chunk_shape"]) if same and old.get("chunk_shape") else None
-        plan = make_plan(spec, chunk_shape=chunk_shape)
-        attrs = {**old["attrs"], "created": _now()} if same else {"config": spec.to_yaml(), "name": spec.base.name}
-        create(path, spec, plan, attrs)
+        if not (same and old.get("chunk_shape")):  # an older forget-jax's lock, or another sweep's
+            if _take_over(lock, raw, None):
+                shutil.rmtree(path, ignore_errors=True)
+            raise StoreError(
+                f"{path}: its creation was killed before it finished (no results inside); removed it: "
+                "run the command again to create it"
+            )
+        attrs = {**old["attrs"], "created": _now()}
+        create(path, spec, _ChunkPlan(tuple(old["chunk_shape"])), attrs)
         lines.append(f"{path}: its creation was killed before it finished (no results inside): created it again")
         return lines
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """What `create` reads of a plan (the store does not import the runner)."""
+
+    chunk_shape: tuple[int, ...]
 
 
 def _wait_while_creating(path: Path, timeout_s: float = 300.0) -> None:

@@ -233,6 +233,11 @@ def test_sigkill_during_creation_is_recovered_by_resume(clean, tmp_path):
     assert lock.exists() and (path / ".zmetadata").exists() and not (path / st.PROGRESS_DIR / "ready").exists()
     report = st.verify(path)
     assert report.stale_lock and report.missing_ready
+    twin = tmp_path / "twin.zarr"  # the same wreck, recovered by prepare_resume itself
+    shutil.copytree(path, twin)
+    shutil.copy(lock, twin.with_name(twin.name + ".creating"))
+    lines = st.prepare_resume(twin, load_config(CFG))
+    assert "created it again" in lines[0] and st.verify(twin).ok, lines
     start = time.perf_counter()
     _resume(path)
     assert time.perf_counter() - start < 60  # no 300 s wait for the dead creator
