@@ -331,6 +331,23 @@ def test_every_traced_field_has_finite_bounds_on_both_sides():
             assert (f.le if f.le is not None else f.lt) is not None, f"numeric field {name} needs an upper bound"
 
 
+def test_nan_and_inf_are_refused_as_not_finite():
+    """Bounds alone would refuse NaN (every comparison with it is false) but name a bound; the
+    message must say what is wrong. Also for a float field without bounds (none ships today)."""
+    for name, f in fields.all_fields().items():
+        if f.type is float and f.choices is None:
+            for value in (math.nan, math.inf, -math.inf):
+                with pytest.raises(ConfigError, match="finite number"):
+                    load_config({name: value})
+    toy = fields.Field("toy_unbounded", "sweep", 0.0, "a float field without bounds (test only)")
+    fields.declare(toy, owner="tests")
+    try:
+        with pytest.raises(ConfigError, match=r"toy_unbounded=nan: Input should be a finite number"):
+            load_config({"toy_unbounded": math.nan})
+    finally:
+        fields.undeclare("toy_unbounded")
+
+
 def test_an_int_is_a_float_and_a_whole_float_is_an_int():
     base = load_config({"separation": 2, "steps": 1e3, "log_every": 10.0, "seeds": np.int64(3)}).base
     assert type(base.separation) is float and base.separation == 2.0
