@@ -49,15 +49,21 @@ def sweep(
     shard: tuple[int, int] = (0, 1),
     chunk_size: int | None = None,
     progress: bool = True,
+    **options,
 ):
     """Run a sweep from a YAML path or a config dict and return an `xarray.Dataset`.
 
     Mirrors `forget-jax sweep CONFIG --out STORE`: with `out=None` nothing is written and the
-    Dataset is built in memory; with `out` the zarr store is written block by block (resumable
-    with `resume=True`) and returned opened lazily. `shard=(i, N)` runs a disjoint slice.
-    Raises `forget_jax.config.ConfigError` (one line) for a bad configuration.
+    Dataset is built in memory; with `out` the zarr store is written block by block, each block
+    in checkpointed segments (resumable with `resume=True`, also after a kill mid-block), and
+    returned opened lazily. `shard=(i, N)` runs a disjoint slice. Further keyword options
+    (`segment_seconds`, `segment_logs`, `refuse_damaged`, `max_hours`, `on_advance`, ...) are
+    those of `forget_jax.runner.run`. Raises `forget_jax.config.ConfigError` (one line) for a
+    bad configuration and `forget_jax.runner.interrupts.Interrupted` (a KeyboardInterrupt) when
+    stopped by SIGINT / SIGTERM.
     """
     from .config import load_config
     from .runner import run
 
-    return run(load_config(config_or_path), out, resume=resume, shard=shard, chunk_size=chunk_size, progress=progress)
+    spec = load_config(config_or_path)
+    return run(spec, out, resume=resume, shard=shard, chunk_size=chunk_size, progress=progress, **options)

@@ -43,21 +43,54 @@ def study_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+_BAR: dict = {}
+
+
 def _log(verbose: bool, message: str) -> None:
-    if verbose:
+    if not verbose:
+        return
+    bar = _BAR.get("bar")
+    if bar is not None and not bar.disable:
+        bar.write(message, file=sys.stderr)
+    else:
         print(message, file=sys.stderr, flush=True)
+
+
+def _work(config: dict) -> int:
+    """Config-steps of one study store (the unit of the aggregated progress bar)."""
+    from ..config import load_config
+    from ..runner.execute import config_steps
+    from ..runner.plan import make_plan
+
+    spec = load_config(config)
+    return config_steps(spec, make_plan(spec).blocks)
 
 
 def _run_sweeps(name: str, out: Path, quick: bool, progress: bool, verbose: bool):
     configs = study_configs(name, quick)
     stores, records = {}, []
+    bar = _BAR.get("bar")
+    from ..runner import interrupts
+
     for store_name, config in configs.items():
-        ds, record = ensure_store(config, out / f"{store_name}.zarr", progress=progress)
+        if interrupts.requested():  # a queued study does not start after an interrupt
+            raise interrupts.Interrupted(f"interrupted before {name}/{store_name} started; {interrupts.hint()}")
+        _log(verbose, f"  {name}/{store_name}: started")
+        advanced = [0]
+
+        def on_advance(k: int, advanced=advanced) -> None:
+            advanced[0] += k
+            if bar is not None:
+                bar.update(k)
+
+        ds, record = ensure_store(config, out / f"{store_name}.zarr", on_advance=on_advance)
+        if bar is not None:  # reused blocks never advance: count them as done
+            bar.update(max(0, _work(config) - advanced[0]))
         stores[store_name] = ds
         records.append(record)
         _log(
             verbose,
-            f"  {store_name}: {'reused' if record.reused else 'computed'} "
+            f"  {name}/{store_name}: {'reused' if record.reused else 'computed'} "
             f"({record.configs} configurations, {record.seconds:.1f} s)",
         )
     prepare = getattr(study_module(name), "prepare", None)
@@ -77,7 +110,8 @@ def run_studies(
         quick: reduced grids (the YAML's `quick:` section); about 2-4 minutes for all studies
             on a 2-core CPU, most of it XLA compilation.
         workers: studies whose sweeps run concurrently (threads); default min(4, max(2, cpus)).
-        progress: show the sweep runner's progress bars.
+        progress: one progress bar for all studies (config-steps, with an ETA), moving from the
+            first segment on; lines per store and study are written above it.
         verbose: one line per store and per study on stderr.
 
     Returns:
@@ -86,17 +120,35 @@ def run_studies(
     """
     from .report import build_report, write_report
 
+    from tqdm.auto import tqdm
+
+    from ..runner import interrupts
+
     names = list(STUDY_NAMES) if name == "all" else [name]
     modules = {n: study_module(n) for n in names}
-    for n in names:  # validate every configuration before anything runs
-        study_configs(n, quick)
+    work = {n: [_work(c) for c in study_configs(n, quick).values()] for n in names}  # validates every config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     workers = workers or min(4, max(2, os.cpu_count() or 1))
     order = sorted(names, key=lambda n: -getattr(modules[n], "COST", 1.0))
     results: dict[str, dict] = {}
-    with ThreadPoolExecutor(max_workers=min(workers, len(names))) as pool:
+    total = sum(sum(w) for w in work.values())
+    _log(
+        verbose,
+        f"reproduce {name}{' --quick' if quick else ''}: {len(names)} studies, "
+        f"{sum(len(w) for w in work.values())} stores, {total:.3g} config-steps -> {out}",
+    )
+    command = ["forget-jax", "reproduce", name, "--out", str(out), *(["--quick"] if quick else [])]
+    hint = "resume with: " + " ".join(command) + " (finished stores are reused, checkpointed blocks continue)"
+    _BAR["bar"] = tqdm(
+        total=total, unit="config-step", unit_scale=True, desc="reproduce", disable=not progress, mininterval=0.5
+    )
+    with (
+        _BAR["bar"],
+        interrupts.handle_interrupts(hint),
+        ThreadPoolExecutor(max_workers=min(workers, len(names))) as pool,
+    ):
         futures = {}
         for n in order:
             futures[pool.submit(_run_sweeps, n, out, quick, progress, verbose)] = (n, time.perf_counter())
@@ -123,6 +175,7 @@ def run_studies(
                 seconds=seconds,
             )
             _log(verbose, f"{n}: {sum(c.passed for c in claims)}/{len(claims)} claims PASS ({seconds:.1f} s)")
+    _BAR.pop("bar", None)
     ordered = [results[n] for n in names]
     report = build_report(ordered, quick=quick, runtime_s=time.perf_counter() - start, out=out)
     write_report(report, ordered, out)

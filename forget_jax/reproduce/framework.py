@@ -221,7 +221,7 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def ensure_store(config: dict, path: Path, progress: bool = False):
+def ensure_store(config: dict, path: Path, progress: bool = False, on_advance=None):
     """Write (or reuse, or complete) the store of `config` at `path`; returns (Dataset, StoreRecord).
 
     A store complete for the same configuration is reopened without recomputation; a store of
@@ -236,14 +236,14 @@ def ensure_store(config: dict, path: Path, progress: bool = False):
     start = time.perf_counter()
     existing_done = _done_count(path)
     try:
-        ds = forget_jax.sweep(config, out=path, resume=True, progress=progress)
+        ds = forget_jax.sweep(config, out=path, resume=True, progress=progress, on_advance=on_advance)
     except StoreError:
         if path.suffix != ".zarr":
             raise
         shutil.rmtree(path, ignore_errors=True)
         path.with_name(path.name + ".creating").unlink(missing_ok=True)
         existing_done = 0
-        ds = forget_jax.sweep(config, out=path, resume=True, progress=progress)
+        ds = forget_jax.sweep(config, out=path, resume=True, progress=progress, on_advance=on_advance)
     seconds = time.perf_counter() - start
     blocks_total = int(ds.attrs.get("blocks_total", -1))
     record = StoreRecord(
