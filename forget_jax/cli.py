@@ -1,5 +1,6 @@
 """The `forget-jax` command line (typer).
 
+  forget-jax --version
   forget-jax sweep CONFIG.yaml --out STORE [--resume] [--shard i/N] [--chunk-size N] [--x64]
   forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
   forget-jax info STORE
@@ -26,6 +27,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import jax
+
+        from ._version import __version__
+
+        typer.echo(f"forget-jax {__version__} (jax {jax.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the forget-jax and jax versions"),
+    ] = False,
+) -> None:
+    # JAX's persistent compilation cache (forget_jax/_cache.py): a rerun loads compiled programs
+    from ._cache import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 @contextlib.contextmanager
@@ -204,7 +228,7 @@ def plot(
 ):
     """Phase diagram (heatmap over two grid axes) or trajectories (variable vs step)."""
     with user_errors():
-        from .plots import plot_store
+        from .plots import default_out, plot_store
         from .store import open_store
 
         ds = open_store(store)
@@ -214,9 +238,9 @@ def plot(
                 raise ValueError(f"--sel {item!r}: expected field=value")
             k, v = item.split("=", 1)
             selections[k.strip()] = v.strip()
-        target = out or store.with_name(f"{store.name}.{var}.png")
-        path = plot_store(ds, x=x, y=y, var=var, step=step, sel=selections, out=target)
-        typer.echo(f"wrote {path}")
+        target = out or default_out(ds, var)
+        plot_store(ds, x=x, y=y, var=var, step=step, sel=selections, out=target)
+        typer.echo(f"wrote {target}")
 
 
 @app.command()

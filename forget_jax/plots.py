@@ -25,6 +25,13 @@ Theory overlays (the formulas come from forget_jax.theory, never written here):
   weight over the logging interval shown (a trajectory uses each interval's own beta). Under
   forward KL the batch is drawn from p_lambda, whose old share is lambda, so beta enters as 0.
 
+Return value (one rule for every drawing function): `plot_store` returns the matplotlib
+`Figure` (object API, no pyplot state: it shows inline in Jupyter, or save it yourself with
+`fig.savefig`), and also writes it to `out` when `out` is given; with `out=None` nothing is
+written. `default_out(ds, var)` is the file the CLI writes by default: `<store>.<var>.png` beside
+the store the Dataset was opened from, else `<name>.<var>.png` in the working directory with the
+sweep `name` reduced to a plain file name (no folders: `name: ../x` writes `x.<var>.png` here).
+
 `theory_overlay` is the public helper that evaluates those overlays on arrays of parameters.
 User mistakes (unknown variable, field, step or `sel` value) raise `ValueError` with one line
 that names the thing and lists what is allowed; the CLI prints it as `error: ...`.
@@ -33,12 +40,13 @@ that names the thing and lists what is allowed; the CLI prints it as `error: ...
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -47,13 +55,17 @@ import yaml
 from . import fields
 from .metrics import METRICS
 
-__all__ = ["LABELS", "label", "plot_store", "theory_overlay"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["LABELS", "default_out", "label", "plot_store", "theory_overlay"]
 
 #: (symbol, words) of the store's non-field names; fields take theirs from the field table
 #: (fields.py) and metrics from metrics.METRICS.
 LABELS: dict[str, tuple[str, str]] = {"step": ("t", "step"), "seed": ("", "seed")}
 
 _LINE_COLOURS = "viridis"  # colour-blind safe and monotone in lightness; the yellow end is cut
+_SUFFIXES = (".png", ".pdf", ".svg")
 _STARVATION_LEVELS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
 
@@ -666,8 +678,8 @@ def plot_store(
     step: str | int = "last",
     sel: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
-) -> Path:
-    """Draw `var` from a store and save it to `out` (.png at 150 dpi, .pdf or .svg); return the path.
+) -> Figure:
+    """Draw `var` from a store; return the Figure, and save it to `out` when given (.png at 150 dpi, .pdf or .svg).
 
     Which view (docs/science/studies.md section 4):
 
@@ -688,22 +700,29 @@ def plot_store(
         sel: field -> value fixing grid axes (strings are cast to the coordinate's dtype; seed
             may be selected too). Grid axes neither drawn nor selected are averaged, and seeds
             always are, except on line plots, which show the seed range as a band.
-        out: the image file; parent folders are created. Default `<sweep name>.<var>.png`.
+        out: the image file to write (parent folders are created); None writes nothing (see
+            `default_out` for the CLI's default file).
 
     Runs flagged `diverged` are masked before averaging and counted in the title. Where docs/science/claims.md
     has a closed form for `var` on the drawn axes, it is overlaid dashed (`theory_overlay`:
     beta = lambda under FKL, T2; ((1 - lambda)(1 - beta))^B for starvation, D6/T6).
 
+    Returns:
+        The matplotlib Figure (a `matplotlib.figure.Figure`, not registered with pyplot).
+
     Raises:
         ValueError: one line naming an unknown variable, field, step or `sel` value and the
-            allowed ones.
+            allowed ones, or an unsupported `out` file type.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no display (Agg canvas)
 
-    out = Path(out) if out is not None else Path(f"{ds.attrs.get('name', 'sweep')}.{var}.png")
-    suffix = out.suffix.lower()
-    if suffix not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"out={str(out)!r}: unsupported file type {suffix or '(none)'!r}; use .png or .pdf (or .svg)")
+    if out is not None:
+        out = Path(out)
+        suffix = out.suffix.lower()
+        if suffix not in _SUFFIXES:
+            raise ValueError(
+                f"out={str(out)!r}: unsupported file type {suffix or '(none)'!r}; use .png or .pdf (or .svg)"
+            )
     req = _resolve(ds, x, y, var, sel)
     step_info = _resolve_step(ds, step)
 
@@ -720,7 +739,24 @@ def plot_store(
     ax.set_title(_title(req, var, step_info, ds, notes), fontsize=10)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False, handlelength=3.5)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150 if suffix == ".png" else None)
-    fig.clear()
-    return out
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=150 if suffix == ".png" else None)
+    return fig
+
+
+def default_out(ds: xr.Dataset, var: str = "old_weight", suffix: str = ".png") -> Path:
+    """The default image file of `var`: `<store>.<var><suffix>` beside the store `ds` was opened
+    from (`ds.encoding["source"]`), else `<name>.<var><suffix>` in the working directory, with the
+    config's `name` reduced to a plain file name (letters, digits, '.', '_', '-'; no folder part,
+    no leading dot), so an unvalidated `name` cannot point outside that folder."""
+    source = ds.encoding.get("source")
+    if source:
+        store = Path(source)
+        return store.with_name(f"{store.name}.{_plain(var)}{suffix}")
+    return Path(f"{_plain(str(ds.attrs.get('name') or 'sweep'))}.{_plain(var)}{suffix}")
+
+
+def _plain(text: str) -> str:
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:100]
+    return plain or "sweep"

@@ -3,11 +3,20 @@
 * 4 host CPU devices, so sharded code paths run on CPU CI;
 * strict dtype promotion (as equinox's tests): mixing float32 and float64 arrays, or int32 and
   int64, raises instead of silently promoting. It is an environment variable, so the `forget-jax`
-  subprocesses the CLI tests start run strict too.
+  subprocesses the CLI tests start run strict too;
+* JAX's persistent compilation cache (forget_jax/_cache.py) in a temporary folder of this
+  session (removed at exit; the CLI subprocesses inherit it), never in ~/.cache.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "FORGET_JAX_CACHE_DIR" not in os.environ:  # JAX's compilation cache: one fresh folder per session
+    _cache_dir = tempfile.mkdtemp(prefix="forget-jax-test-cache-")
+    os.environ["FORGET_JAX_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)

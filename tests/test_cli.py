@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from forget_jax.cli import app
+from forget_jax.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("sweep", "info", "export", "plot", "reproduce")
@@ -84,16 +85,17 @@ def test_quickstart_end_to_end(tmp_path):
     assert dict(ds.sizes) == {"objective": 2, "separation": 12, "replay_ratio": 6, "seed": 1, "step": 41}
     assert bool(ds["completed"].all()) and not bool(ds["diverged"].any())
     # the science the quickstart advertises, at a well-separated point (Delta = 6) after t = 2000
-    # logit-GD steps of eta = .1:
+    # logit-GD steps of the config's eta (.5):
     # * FKL with replay lambda > 0 (T2): beta -> lambda; the logit-weight curvature at the optimum is
-    #   lambda (1 - lambda) >= .09, so the error has decayed like e^{-eta .09 t} = e^{-18}: 1e-4 is the
+    #   lambda (1 - lambda) >= .09, so the error has decayed like e^{-eta .09 t} <= e^{-18}: 1e-4 is the
     #   float32 / quadrature floor, not the convergence;
     # * FKL without replay (T1 (b), fact 3): beta ~ 1/(1/beta0 + eta t), within 2x;
     # * RKL (T3, fact 6): beta -> beta* = .5 within 1e-4.
     final = ds["old_weight"].isel(step=-1, seed=0).sel(separation=6.0)
     fkl, lam = final.sel(objective="fkl").values, ds["replay_ratio"].values
     np.testing.assert_allclose(fkl[lam > 0], lam[lam > 0], atol=1e-4)
-    law = 1.0 / (1.0 / 0.5 + 0.1 * 2000)
+    eta = load_config(ROOT / "configs" / "quickstart.yaml").base.learning_rate
+    law = 1.0 / (1.0 / 0.5 + eta * 2000)
     assert 0.5 < fkl[lam == 0][0] / law < 2.0, fkl[lam == 0]
     np.testing.assert_allclose(final.sel(objective="rkl").values, 0.5, atol=1e-4)
 

@@ -99,8 +99,8 @@ def test_toy_objective_validates_sweeps_stores_and_labels(toy, tmp_path):
     np.testing.assert_allclose(error, expected, rtol=1e-5)
     np.testing.assert_allclose(ds.old_weight.values, 0.5, rtol=1e-6)  # the pull moves nothing else
     assert plots.label("toy_stiffness") == "κ toy stiffness"
-    out = plots.plot_store(stored, x="toy_stiffness", var="new_mean_error", out=tmp_path / "toy.png")
-    assert Path(out).exists()
+    plots.plot_store(stored, x="toy_stiffness", var="new_mean_error", out=tmp_path / "toy.png")
+    assert (tmp_path / "toy.png").exists()
 
 
 def test_unregistered_toy_leaves_the_table(toy):

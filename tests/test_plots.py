@@ -7,9 +7,13 @@ Two tiny sweeps are built once per module (20 steps, logged every 10)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import xarray as xr
 from matplotlib import image as mpimg
+from matplotlib.figure import Figure
 from scipy import integrate, optimize, stats
 from typer.testing import CliRunner
 
@@ -149,15 +153,9 @@ def test_theory_overlay_matches_numpy():
 
 def test_heatmap_with_fkl_optimum(phase_store, tmp_path, overlay_spy):
     ds = open_store(phase_store)
-    out = plot_store(
-        ds,
-        x="separation",
-        y="replay_ratio",
-        var="old_weight",
-        sel={"objective": "fkl"},
-        out=tmp_path / "new" / "folder" / "heat.png",
-    )
-    assert out == tmp_path / "new" / "folder" / "heat.png"
+    out = tmp_path / "new" / "folder" / "heat.png"
+    fig = plot_store(ds, x="separation", y="replay_ratio", var="old_weight", sel={"objective": "fkl"}, out=out)
+    assert isinstance(fig, Figure) and fig.axes  # the Figure comes back, and is saved to out
     _assert_image(out)
     ((var, kwargs, value),) = overlay_spy
     assert var == "old_weight" and kwargs["objective"] == "fkl"
@@ -166,7 +164,8 @@ def test_heatmap_with_fkl_optimum(phase_store, tmp_path, overlay_spy):
 
 def test_starvation_heatmap_and_trajectory(starve_store, tmp_path, overlay_spy):
     ds = open_store(starve_store)
-    heat = plot_store(ds, x="batch_size", y="replay_ratio", var="starved_fraction", step="mean", out=tmp_path / "s.png")
+    heat = tmp_path / "s.png"
+    plot_store(ds, x="batch_size", y="replay_ratio", var="starved_fraction", step="mean", out=heat)
     _assert_image(heat)
     ((_var, kwargs, value),) = overlay_spy
     assert kwargs["objective"] == "rkl" and value is not None
@@ -177,21 +176,22 @@ def test_starvation_heatmap_and_trajectory(starve_store, tmp_path, overlay_spy):
     np.testing.assert_allclose(value, ((1 - kwargs["replay_ratio"]) * (1 - beta)) ** kwargs["batch_size"], rtol=1e-12)
 
     overlay_spy.clear()
-    traj = plot_store(
-        ds, x="step", y="replay_ratio", var="starved_fraction", sel={"batch_size": "2"}, out=tmp_path / "t.png"
-    )
+    traj = tmp_path / "t.png"
+    plot_store(ds, x="step", y="replay_ratio", var="starved_fraction", sel={"batch_size": "2"}, out=traj)
     _assert_image(traj)
     assert len(overlay_spy) == 2 and all(v is not None for _, _, v in overlay_spy)  # one per line
 
 
 def test_line_plot_and_pdf(phase_store, tmp_path, overlay_spy):
     ds = open_store(phase_store)
-    png = plot_store(ds, x="replay_ratio", var="old_weight", sel={"separation": "4"}, out=tmp_path / "line.png")
+    png = tmp_path / "line.png"
+    plot_store(ds, x="replay_ratio", var="old_weight", sel={"separation": "4"}, out=png)
     _assert_image(png)
     drawn = {kw["objective"]: v for _, kw, v in overlay_spy}
     assert drawn["rkl"] is None
     np.testing.assert_allclose(drawn["fkl"], np.linspace(0.0, 0.5, 200))  # the identity line beta = lambda
-    pdf = plot_store(ds, x="replay_ratio", var="old_weight", sel={"separation": "4"}, out=tmp_path / "line.pdf")
+    pdf = tmp_path / "line.pdf"
+    plot_store(ds, x="replay_ratio", var="old_weight", sel={"separation": "4"}, out=pdf)
     assert pdf.read_bytes()[:4] == b"%PDF"
 
 
@@ -205,12 +205,27 @@ def test_default_views(phase_store, tmp_path):
     assert (req.kind, req.x) == ("trajectory", "step")
     req = plots._resolve(ds, "step", None, "old_weight", {"objective": "fkl"})
     assert (req.kind, req.hue, req.averaged) == ("trajectory", "separation", ["replay_ratio"])
-    _assert_image(plot_store(ds, out=tmp_path / "default.png"))
-    _assert_image(
-        plot_store(ds, sel={"objective": "fkl", "separation": "4", "replay_ratio": "0.5"}, out=tmp_path / "one.png"),
-        min_kb=10,
-        min_colours=10,
-    )
+    plot_store(ds, out=tmp_path / "default.png")
+    _assert_image(tmp_path / "default.png")
+    plot_store(ds, sel={"objective": "fkl", "separation": "4", "replay_ratio": "0.5"}, out=tmp_path / "one.png")
+    _assert_image(tmp_path / "one.png", min_kb=10, min_colours=10)
+
+
+def test_figure_without_out_writes_nothing_and_default_out_stays_in_its_folder(phase_store, tmp_path, monkeypatch):
+    """out=None returns the Figure and writes no file; the default file name never leaves the
+    store's folder (or the working directory), whatever the config's `name` says."""
+    monkeypatch.chdir(tmp_path)
+    ds = open_store(phase_store)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    fig = plot_store(ds, x="separation", y="replay_ratio", sel={"objective": "fkl"})
+    assert isinstance(fig, Figure) and fig.axes[0].get_xlabel().endswith("separation")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert plots.default_out(ds, "old_weight") == phase_store.with_name(phase_store.name + ".old_weight.png")
+    for name in ("../x", "/etc/passwd", "..", "a/../../b", ""):
+        memory = xr.Dataset(attrs={"name": name})  # no source: a Dataset not opened from a store
+        path = plots.default_out(memory, "old_weight")
+        assert path.parent == Path(".") and path.name.endswith(".old_weight.png"), (name, path)
+        assert not path.name.startswith(".") and "/" not in path.name, (name, path)
 
 
 def test_steps_and_selection_values(phase_store):
