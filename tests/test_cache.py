@@ -5,7 +5,7 @@ The signal is JAX's own (jax 0.10.2, `jax._src.compiler.compile_or_get_cached`):
 looked up in the persistent cache records the `jax.monitoring` event
 "/jax/compilation_cache/cache_hits" or "/jax/compilation_cache/cache_misses". The first run
 misses and writes entries into $FORGET_JAX_CACHE_DIR; the second hits, misses nothing and writes
-no new entry.
+no new entry (every program is cached: `_cache.MIN_COMPILE_TIME_S` = 0).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_second_run_in_a_fresh_process_does_not_recompile(tmp_path):
 
     first = _run(config, tmp_path / "a.zarr", env)
     assert first["dir"] == str(cache)
-    assert first["misses"] >= 1 and first["hits"] == 0, first
+    assert first["misses"] >= 1, first
     entries = sorted(p.name for p in cache.iterdir())
     assert entries, "nothing written to the cache"
 
