@@ -5,6 +5,7 @@
   forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
   forget-jax info STORE
   forget-jax verify STORE
+  forget-jax plan CONFIG.yaml [--chunk-size N] [--no-probe]
   forget-jax reproduce NAME|all [--out DIR] [--quick]
   forget-jax fields [--write-readme README.md]
   forget-jax transitions BEFORE AFTER [BEFORE AFTER ...] [--k K | --k-map F] [--out FILE.csv] [--plot FILE.png]
@@ -16,6 +17,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,6 +88,43 @@ def _os_error_text(exc: OSError) -> str:
     return (f"{paths}: " if paths else "") + reason + (f" ({hint})" if hint else "")
 
 
+# resource caps of `sweep` and `plan` (forget_jax/limits.py), declared once for both commands
+NoLimits = Annotated[bool, typer.Option("--no-limits", help="switch every resource cap off")]
+MaxConfigs = Annotated[int | None, typer.Option(help="cap on configurations (default 1e7)")]
+MaxLoggedPoints = Annotated[int | None, typer.Option(help="cap on logged points per configuration (default 1e5)")]
+MaxStoreGb = Annotated[float | None, typer.Option(help="cap on the store's logged values, GiB (default 200)")]
+MaxMemoryGb = Annotated[float | None, typer.Option(help="cap on one block's host / device memory, GiB")]
+
+
+def _limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb):
+    from .limits import Limits
+
+    return Limits.from_overrides(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb)
+
+
+@contextlib.contextmanager
+def interrupt_exit():
+    """A sweep stopped by SIGINT / SIGTERM: print how to resume (one line) and exit 128 + signal."""
+    from .runner.interrupts import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        typer.echo(str(exc.args[0]), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted before the sweep started: nothing was written", err=True)
+        raise typer.Exit(130) from None
+
+
+def _start_warnings(spec) -> list[str]:
+    try:
+        from .runner.checks import start_warnings
+    except ImportError:  # pragma: no cover
+        return []
+    return start_warnings(spec)
+
+
 def _parse_shard(text: str | None) -> tuple[int, int]:
     if text is None:
         return (0, 1)
@@ -120,9 +159,35 @@ def sweep(
     num_processes: Annotated[int | None, typer.Option(help="jax.distributed process count")] = None,
     process_id: Annotated[int | None, typer.Option(help="jax.distributed process id")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    segment_seconds: Annotated[
+        float, typer.Option(help="wall-clock target of one segment: progress and checkpoint interval")
+    ] = 10.0,
+    segment_logs: Annotated[
+        int | None, typer.Option(help="fixed segment length in log points (overrides --segment-seconds)")
+    ] = None,
+    refuse_damaged: Annotated[
+        bool, typer.Option(help="with --resume: refuse a damaged store instead of recomputing its damaged blocks")
+    ] = False,
+    max_hours: Annotated[
+        float | None, typer.Option(help="refuse a run estimated (from its first segment) to take longer")
+    ] = None,
+    extend: Annotated[
+        bool,
+        typer.Option(
+            help="OUT holds a smaller sweep (fewer seeds / grid values): add the new configurations, copying the rest"
+        ),
+    ] = False,
+    no_limits: NoLimits = False,
+    max_configs: MaxConfigs = None,
+    max_logged_points: MaxLoggedPoints = None,
+    max_store_gb: MaxStoreGb = None,
+    max_memory_gb: MaxMemoryGb = None,
 ):
-    """Run a sweep: YAML grid -> labelled arrays in a zarr store (written as it goes)."""
-    with user_errors():
+    """Run a sweep: YAML grid -> labelled arrays in a zarr store (written as it goes).
+
+    A block runs in segments of about --segment-seconds, each checkpointed into the store:
+    Ctrl-C (or SIGTERM) finishes the segment, saves, and prints the command that resumes."""
+    with user_errors(), interrupt_exit():
         from .config import load_config
         from .runner import initialize_distributed, run
 
@@ -136,12 +201,59 @@ def sweep(
             if shard is not None:
                 raise ValueError("--distributed takes its shard from jax.process_index(); drop --shard")
             shard_tuple = initialize_distributed(coordinator, num_processes, process_id)
-        ds = run(spec, out, resume=resume, shard=shard_tuple, chunk_size=chunk_size, progress=progress)
+        ds = run(
+            spec,
+            out,
+            resume=resume,
+            shard=shard_tuple,
+            chunk_size=chunk_size,
+            progress=progress,
+            segment_seconds=segment_seconds,
+            segment_logs=segment_logs,
+            refuse_damaged=refuse_damaged,
+            max_hours=max_hours,
+            extend=extend,
+            limits=_limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb),
+            command=["forget-jax", *sys.argv[1:]],
+        )
         done = int(ds["completed"].sum())
         typer.echo(
             f"wrote {out}: {done}/{ds['completed'].size} configurations done, dims "
             + ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
         )
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML sweep configuration (a path or a shipped name)")],
+    chunk_size: Annotated[int | None, typer.Option(help="max configurations per block (as for sweep)")] = None,
+    probe: Annotated[
+        bool, typer.Option(help="compile and time one segment of each compile group (nothing is written)")
+    ] = True,
+    x64: Annotated[bool, typer.Option("--x64", help="float64 instead of float32")] = False,
+    no_limits: NoLimits = False,
+    max_configs: MaxConfigs = None,
+    max_logged_points: MaxLoggedPoints = None,
+    max_store_gb: MaxStoreGb = None,
+    max_memory_gb: MaxMemoryGb = None,
+):
+    """Dry run: compile groups, configurations, blocks, segments, memory and estimated time
+    (and the resource caps checked, as `sweep` does before anything runs)."""
+    with user_errors(), interrupt_exit():
+        from .config import load_config
+        from .runner.dry_run import plan_report
+
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"--chunk-size {chunk_size}: must be >= 1")
+        spec = load_config(config)
+        if x64:
+            spec = type(spec)(spec.base.model_copy(update={"x64": True}), spec.axes)
+        for line in _start_warnings(spec):
+            typer.echo(f"warning: {line}", err=True)
+        from .limits import check_limits
+
+        check_limits(spec, _limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb), chunk_size)
+        typer.echo("\n".join(plan_report(spec, chunk_size, probe=probe)))
 
 
 @app.command()
@@ -248,12 +360,15 @@ def reproduce(
     name: Annotated[str, typer.Argument(help="study name (pd1, pd2, pd3, pd4, pd6, rates, chen2025) or 'all'")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/reproduce"),
     quick: Annotated[bool, typer.Option(help="reduced grids that run in minutes on a laptop CPU")] = False,
+    progress: Annotated[bool, typer.Option(help="one progress bar over all studies")] = True,
 ):
-    """Regenerate a study of docs/science/studies.md: stores, figures and a PASS/FAIL report."""
-    with user_errors():
+    """Regenerate a study of docs/science/studies.md: stores, figures and a PASS/FAIL report.
+
+    Ctrl-C finishes the running segments, checkpoints them and prints the command that resumes."""
+    with user_errors(), interrupt_exit():
         from .reproduce import run_studies
 
-        report = run_studies(name, out, quick=quick)
+        report = run_studies(name, out, quick=quick, progress=progress)
         typer.echo(f"wrote {out / 'report.md'}: {report['passed']}/{report['total']} claims PASS")
         if report["passed"] != report["total"]:
             raise typer.Exit(1)

@@ -30,7 +30,9 @@ import numpy as np
 import pytest
 import yaml
 
-import forget_jax as fj
+import jax
+
+import forget_jax
 from forget_jax.config import ConfigError
 from forget_jax.runner.interrupts import Interrupted
 
@@ -46,6 +48,18 @@ CONFIG = {
     "seeds": 2,
     "grid": {"separation": [1.5, 2.5, 3.5]},
 }
+
+
+class _CPU:
+    """In-process runs on this session's CPU devices, like the CLI subprocesses (JAX_PLATFORMS=cpu):
+    bitwise comparisons stay valid on a GPU host."""
+
+    @staticmethod
+    def sweep(*args, **kwargs):
+        return forget_jax.sweep(*args, devices=jax.devices("cpu"), **kwargs)
+
+
+fj = _CPU()
 
 
 def _assert_bitwise(a, b) -> None:

@@ -43,6 +43,7 @@ from .. import fields
 from .. import store as store_mod
 from .._version import __version__
 from ..config import ConfigError, SweepSpec
+from ..limits import Limits, check_limits
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
@@ -133,7 +134,7 @@ def _compiled(setup, hyper, devices):
     along it, in and out of every program (explicit shardings: a checkpointed carry is put back
     exactly as a fresh one, and a segment's output feeds the next segment unchanged). The segment
     bounds are replicated scalars. Returns ((init, segment, finish), seconds)."""
-    key = (setup, int(hyper.separation.shape[0]), tuple(d.id for d in devices))
+    key = (setup, int(hyper.separation.shape[0]), tuple((d.platform, d.id) for d in devices))
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
@@ -392,6 +393,7 @@ def run(
     on_segment=None,
     max_hours: float | None = None,
     extend: bool = False,
+    limits: Limits | None = None,
 ) -> xr.Dataset:
     """Run (this process's share of) a sweep. With `out`, writes a zarr store as it goes and
     returns it opened lazily; without, returns an in-memory Dataset with the same layout.
@@ -417,6 +419,8 @@ def run(
         extend: `out` holds a smaller sweep (fewer seeds or grid values): write this bigger one
             in its place, copying the configurations it holds and simulating only the new ones
             (runner/extend.py).
+        limits: resource caps checked before anything runs (limits.py; default `Limits()`,
+            `Limits.none()` switches them off).
     """
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
@@ -425,6 +429,7 @@ def run(
         raise ValueError(f"segment_seconds={segment_seconds}: must be a positive number of seconds")
     if segment_logs is not None and segment_logs < 1:
         raise ValueError(f"segment_logs={segment_logs}: must be >= 1")
+    check_limits(spec, Limits() if limits is None else limits, chunk_size)
     _enable_cache()
     devices = list(devices or jax.local_devices())
     out = None if out is None else Path(out)
@@ -463,22 +468,35 @@ def _open_or_create(spec, out: Path, resume: bool, chunk_size, refuse_damaged: b
     return make_plan(spec, chunk_shape=check_compatible(out, spec))
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _warn_starts(spec: SweepSpec) -> None:
+    """One line per grid point whose starting values are an artefact (runner/checks.py)."""
+    try:
+        from .checks import start_warnings
+    except ImportError:  # pragma: no cover
+        return
+    for line in start_warnings(spec):
+        _say(f"warning: {line}")
+
+
 def _run_store(
     spec, out, resume, shard, chunk_size, progress, devices, ctx, refuse_damaged, on_advance, max_hours, source=None
 ):
     index, count = shard
-    bar = _progress(0, progress, spec.base.name)
-    say = bar.write if progress else (lambda line: print(line, file=sys.stderr))
     existed = out.exists()
-    plan = _open_or_create(spec, out, resume, chunk_size, refuse_damaged, say)
+    plan = _open_or_create(spec, out, resume, chunk_size, refuse_damaged, _say)
     mine = plan.shard(index, count)
     done = done_blocks(out)
     if existed and not resume and any(b.index in done for b in mine):
-        bar.close()
         raise StoreError(
             f"{out} already holds results of this sweep; pass --resume to continue it, or choose another --out"
         )
-    bar.reset(total=config_steps(spec, mine))
+    _warn_starts(spec)
+    bar = _progress(config_steps(spec, mine), progress, spec.base.name)
+    say = bar.write if progress else _say
     bar.update(config_steps(spec, [b for b in mine if b.index in done]))
     started = time.perf_counter()
     work_total = config_steps(spec, [b for b in mine if b.index not in done])
@@ -588,6 +606,7 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on
     }
     compile_s = run_s = 0.0
     start = time.perf_counter()
+    _warn_starts(spec)
     bar = _progress(config_steps(spec, plan.blocks), progress, spec.base.name)
 
     def advance(n: int) -> None:
