@@ -25,10 +25,13 @@ from forget_jax.train import BLOWUP_FACTOR, DIVERGENCE_REASONS, compiled_segment
 
 SETUP = Setup(objective="fkl", estimator="population", learner_modes=1, steps=14, log_every=1)
 SEPARATION = 4.0
-# rows: sane, blow-up x2 (eta / s^2 = 3 and 4: factors -2, -3), NaN learning rate, NaN start, inf start
-LR = [0.1, 3.0, 4.0, np.nan, 0.1, 0.1]
-OFFSET = [0.0, 0.0, 0.0, 0.0, np.nan, np.inf]
-BAD = [1, 2, 3, 4, 5]
+# rows: sane, blow-up x2 (eta / s^2 = 3 and 4: factors -2, -3), NaN learning rate, NaN start,
+# inf start, NaN target weight (unused by this FKL loss, so theta stays finite, but the logged old
+# weight E_q[w*_o] is NaN: flagged at step 0 by the record check)
+LR = [0.1, 3.0, 4.0, np.nan, 0.1, 0.1, 0.1]
+OFFSET = [0.0, 0.0, 0.0, 0.0, np.nan, np.inf, 0.0]
+TARGET_WEIGHT = [0.5] * 6 + [np.nan]
+BAD = [1, 2, 3, 4, 5, 6]
 # metrics that are finite on a healthy run (starved_fraction is NaN at step 0 by definition,
 # max_importance_weight is NaN without replay weights)
 FINITE_WHEN_HEALTHY = [n for n in METRIC_NAMES if n not in {"starved_fraction", "max_importance_weight"}]
@@ -60,18 +63,20 @@ def _run(hyper):
 
 @pytest.fixture(scope="module")
 def runs():
-    batch, carry = _run(make_hyper(separation=SEPARATION, learning_rate=LR, init_old_offset=OFFSET))
+    batch, carry = _run(
+        make_hyper(separation=SEPARATION, learning_rate=LR, init_old_offset=OFFSET, target_old_weight=TARGET_WEIGHT)
+    )
     # the same batch shape with every bad row replaced by the sane configuration
-    clean, _ = _run(make_hyper(separation=SEPARATION, learning_rate=[0.1] * 6, init_old_offset=[0.0] * 6))
+    clean, _ = _run(make_hyper(separation=SEPARATION, learning_rate=[0.1] * 7, init_old_offset=[0.0] * 7))
     return batch, clean, carry
 
 
 def test_reason_codes_and_steps(runs):
     batch, _, _ = runs
     reasons = [DIVERGENCE_REASONS[int(code)] for code in batch["diverged_reason"]]
-    assert reasons == ["none", "blow-up", "blow-up", "nan", "nan", "inf"]
-    assert batch["diverged"].tolist() == [False, True, True, True, True, True]
-    expected_steps = [-1, numpy_blowup_step(LR[1]), numpy_blowup_step(LR[2]), 1, 0, 0]
+    assert reasons == ["none", "blow-up", "blow-up", "nan", "nan", "inf", "nan"]
+    assert batch["diverged"].tolist() == [False, True, True, True, True, True, True]
+    expected_steps = [-1, numpy_blowup_step(LR[1]), numpy_blowup_step(LR[2]), 1, 0, 0, 0]
     assert expected_steps[1:3] == [11, 7]  # |4 - 4 (-2)^t| > 5000 first at t = 11, |4 - 4 (-3)^t| at t = 7
     assert batch["diverged_step"].tolist() == expected_steps
     assert batch["diverged_reason"].dtype == np.int32 and batch["diverged_step"].dtype == np.int32
@@ -116,3 +121,4 @@ def test_a_diverged_configuration_is_frozen_at_its_last_good_state(runs):
         expected = numpy_mean_path(LR[row], 0.0, SETUP.steps)[last_good]
         np.testing.assert_allclose(final_mean[row], expected, rtol=1e-5)
     assert final_mean[3] == 0.0  # NaN learning rate: bad from step 1, frozen at theta(0) (m = mu_o* = 0)
+    assert final_mean[6] == 0.0  # NaN record at theta(0): frozen there
