@@ -1,12 +1,40 @@
 """forget-jax: simulate forgetting in post-training with two-mode Gaussian mixtures, at sweep scale."""
 
-from . import analysis, fields, theory
+import importlib
+from typing import TYPE_CHECKING
+
+from . import fields
 from ._version import __version__
 from .fields import Field, Rule
-from .model import LearnerParams, Mixture, init_params, learner_mixture, optimum_params, target_mixture
-from .objectives import Objective, register
-from .spec import Hyper, Setup, make_hyper
-from .train import TRACE_COUNTS, make_train, simulate, simulate_one
+
+#: Public names loaded on first use (PEP 562), so that `import forget_jax` (and the `forget-jax`
+#: command) starts without importing JAX: the command installs its interrupt handler first.
+_LAZY = {
+    "analysis": (".analysis", None),
+    "theory": (".theory", None),
+    "LearnerParams": (".model", "LearnerParams"),
+    "Mixture": (".model", "Mixture"),
+    "init_params": (".model", "init_params"),
+    "learner_mixture": (".model", "learner_mixture"),
+    "optimum_params": (".model", "optimum_params"),
+    "target_mixture": (".model", "target_mixture"),
+    "Objective": (".objectives", "Objective"),
+    "register": (".objectives", "register"),
+    "Hyper": (".spec", "Hyper"),
+    "Setup": (".spec", "Setup"),
+    "make_hyper": (".spec", "make_hyper"),
+    "TRACE_COUNTS": (".train", "TRACE_COUNTS"),
+    "make_train": (".train", "make_train"),
+    "simulate": (".train", "simulate"),
+    "simulate_one": (".train", "simulate_one"),
+}
+
+if TYPE_CHECKING:
+    from . import analysis, theory
+    from .model import LearnerParams, Mixture, init_params, learner_mixture, optimum_params, target_mixture
+    from .objectives import Objective, register
+    from .spec import Hyper, Setup, make_hyper
+    from .train import TRACE_COUNTS, make_train, simulate, simulate_one
 
 __all__ = [
     "HYPER_DEFAULTS",
@@ -35,9 +63,28 @@ __all__ = [
 ]
 
 
+def _declare_all() -> None:
+    """Import the modules that declare fields (objectives' knobs, sample-wise items), so the
+    field table is complete before any Setup, Hyper or config is built."""
+    importlib.import_module(".objectives", __name__)
+    importlib.import_module(".items", __name__)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str):
     if name == "HYPER_DEFAULTS":  # traced field -> default, from the field table
+        _declare_all()
         return {**fields.defaults("traced"), "seed": 0}
+    if name in _LAZY:
+        _declare_all()
+        module, attr = _LAZY[name]
+        loaded = importlib.import_module(module, __name__)
+        value = loaded if attr is None else getattr(loaded, attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -69,9 +69,9 @@ def enable_compilation_cache() -> str | None:
     _DECIDED = True
     if os.environ.get("FORGET_JAX_NO_CACHE", "").strip().lower() in _TRUE:
         return None
-    if not jax.config.jax_enable_compilation_cache:
+    if not jax.config.jax_enable_compilation_cache:  # type: ignore[attr-defined]
         return None
-    configured = jax.config.jax_compilation_cache_dir
+    configured = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
     if configured:  # the user's own choice (jax.config.update or JAX_COMPILATION_CACHE_DIR)
         _ENABLED = str(configured)
         return _ENABLED

@@ -17,6 +17,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -280,7 +281,18 @@ def info(store: Annotated[Path, typer.Argument(help="zarr store written by `forg
             f"done       {int(completed.sum())}/{completed.size} configurations "
             f"({len(markers)}/{attrs.get('blocks_total', '?')} blocks)"
         )
-        lines.append(f"diverged   {int(ds['diverged'].values.sum())} configurations")
+        diverged = ds["diverged"].values
+        line = f"diverged   {int(diverged.sum())} configurations"
+        if diverged.any() and "diverged_reason" in ds:
+            from .train import DIVERGENCE_REASONS
+
+            codes = ds["diverged_reason"].values[diverged]
+            steps = ds["diverged_step"].values[diverged] if "diverged_step" in ds else None
+            counts = ", ".join(
+                f"{name} {int((codes == i).sum())}" for i, name in enumerate(DIVERGENCE_REASONS) if (codes == i).any()
+            )
+            line += f" ({counts}" + (f"; first at step {int(steps.min())}" if steps is not None else "") + ")"
+        lines.append(line)
         compile_s = sum(m.get("compile_s", 0.0) for m in markers)
         run_s = sum(m.get("run_s", 0.0) for m in markers)
         wall_s = sum(m.get("wall_s", 0.0) for m in markers)
@@ -382,7 +394,7 @@ def fields(
     rewrite it in a README between its `fields:begin` / `fields:end` markers."""
     with user_errors():
         from . import fields as field_table
-        from . import objectives  # noqa: F401  (registers the built-in objectives and their knobs)
+        from . import items, objectives  # noqa: F401  (declare the objectives' knobs and the item fields)
 
         table = field_table.markdown_table()
         if write_readme is None:
@@ -478,7 +490,20 @@ def transitions(
             typer.echo(f"wrote {ev.plot_rows(rows, plot)}")
 
 
+def _exit_at_once(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    """Before a sweep installs its own handler nothing needs saving: exit at once, cleanly."""
+    sys.stderr.write("\ninterrupted before anything ran: nothing was written\n")
+    sys.stderr.flush()
+    os._exit(128 + int(signum))
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    """`forget-jax`: SIGINT / SIGTERM exit cleanly from the first instruction on (sweeps then
+    replace this handler by runner/interrupts.py's, which saves a checkpoint first)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_at_once)
     app()
 
 

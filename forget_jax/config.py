@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import fields, objectives
+from . import fields, items, objectives  # noqa: F401  (items and objectives declare fields)
 from .spec import Setup
 
 
@@ -206,7 +206,7 @@ def _field_adapter(name: str) -> TypeAdapter:
         config_model()
         f = fields.get(name)
         annotation, _ = _pydantic_field(f)
-        _ADAPTERS[key] = TypeAdapter(Annotated[annotation, Field(**_bounds(f))])
+        _ADAPTERS[key] = TypeAdapter(Annotated[annotation, Field(**_bounds(f))])  # type: ignore[arg-type]
     return _ADAPTERS[key]
 
 

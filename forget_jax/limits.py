@@ -72,20 +72,20 @@ class Limits:
         """The caps after the CLI flags: `--no-limits` switches every cap off, each `--max-*` flag
         given (not None) replaces its cap (`--max-memory-gb` both memory caps; GiB)."""
         limits = cls.none() if no_limits else cls()
-        update: dict[str, int] = {}
+        update: dict[str, int | None] = {}
         for name, value in (("max_configs", max_configs), ("max_logged_points", max_logged_points)):
             if value is not None:
                 if isinstance(value, bool) or not float(value).is_integer() or value < 1:
                     raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be a whole number >= 1")
                 update[name] = int(value)
-        for names, flag, value in (
+        for names, flag, gib in (
             (("max_store_bytes",), "--max-store-gb", max_store_gb),
             (("max_host_bytes", "max_device_bytes"), "--max-memory-gb", max_memory_gb),
         ):
-            if value is not None:
-                if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                    raise ConfigError(f"{flag} {value!r}: must be a positive number of GiB")
-                update.update({n: int(value * GIB) for n in names})
+            if gib is not None:
+                if isinstance(gib, bool) or not math.isfinite(gib) or gib <= 0:
+                    raise ConfigError(f"{flag} {gib!r}: must be a positive number of GiB")
+                update.update({n: int(gib * GIB) for n in names})
         return replace(limits, **update)
 
 

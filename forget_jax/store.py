@@ -523,6 +523,7 @@ def _settle_creation(path: Path, spec: SweepSpec | None, timeout_s: float = 300.
             old = json.loads(raw)
         except ValueError:
             old = {}
+        assert spec is not None  # returned above when None
         same = isinstance(old, dict) and (old.get("attrs") or {}).get("config") == spec.to_yaml()
         if not (same and old.get("chunk_shape")):  # an older forget-jax's lock, or another sweep's
             if _take_over(lock, raw, None):
@@ -532,7 +533,7 @@ def _settle_creation(path: Path, spec: SweepSpec | None, timeout_s: float = 300.
                 "run the command again to create it"
             )
         attrs = {**old["attrs"], "created": _now()}
-        create(path, spec, _ChunkPlan(tuple(old["chunk_shape"])), attrs)
+        create(path, spec, _ChunkPlan(tuple(old["chunk_shape"])), attrs)  # type: ignore[arg-type]
         lines.append(f"{path}: its creation was killed before it finished (no results inside): created it again")
         return lines
 
@@ -628,8 +629,8 @@ def block_chunk_keys(path: str | Path, block: Block, names=None) -> dict[str, st
     """variable -> the zarr chunk key of `block` (block.region starts // chunk shape; the step
     axis is one chunk)."""
     meta = _array_meta(Path(path))
-    starts = {}
-    out = {}
+    starts: dict[str, list[int]] = {}
+    out: dict[str, str] = {}
     for name, m in meta.items():
         if m["dims"] == (name,) or (names is not None and name not in names):
             continue
@@ -1110,7 +1111,7 @@ def write_checkpoint(path: str | Path, block_index: int, arrays: dict[str, np.nd
     with its digest and `meta` (atomic: the switch to the new checkpoint), then the old npz goes."""
     d = _checkpoint_dir(Path(path))
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     data = buffer.getvalue()
     checksum = _digest_bytes(data)
     name = f"{block_index}-{checksum.split(':')[1][:16]}.npz"

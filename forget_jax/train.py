@@ -294,7 +294,7 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     init, segment, finish = make_segments(setup)
 
     def train(hyper: Hyper) -> Trajectory:
-        return finish(segment(init(hyper), hyper, 0, setup.num_logs))
+        return finish(segment(init(hyper), hyper, jnp.asarray(0, jnp.int32), jnp.asarray(setup.num_logs, jnp.int32)))
 
     return train
 

@@ -26,11 +26,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
-
-import jax
 
 import forget_jax
 from forget_jax.config import ConfigError
@@ -108,7 +107,9 @@ def test_sigint_inside_a_block_resumes_bitwise(reference, tmp_path):
     assert "resume=True" in str(info.value)
     assert len(_checkpoints(store)) == 1
     resumed = []
-    ds = fj.sweep(CONFIG, store, resume=True, progress=False, segment_logs=3, on_segment=lambda b, s, n: resumed.append(s))
+    ds = fj.sweep(
+        CONFIG, store, resume=True, progress=False, segment_logs=3, on_segment=lambda b, s, n: resumed.append(s)
+    )
     assert resumed[0] == 7, "the resumed run must start at the checkpoint (log point 4), not at 0"
     assert _checkpoints(store) == []
     _assert_bitwise(ds, reference)

@@ -118,11 +118,10 @@ def run_studies(
         The report dict: `passed`, `total`, `failed` (claim ids), `claims` (list of dicts),
         `studies`, `runtime_s`, ...
     """
-    from .report import build_report, write_report
-
     from tqdm.auto import tqdm
 
     from ..runner import interrupts
+    from .report import build_report, write_report
 
     names = list(STUDY_NAMES) if name == "all" else [name]
     modules = {n: study_module(n) for n in names}

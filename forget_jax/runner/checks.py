@@ -105,8 +105,8 @@ def _lines(gridded, values, hits: np.ndarray, problem) -> list[str]:
     if len(hits) == 0:
         return []
     if len(hits) <= EXAMPLES:
-        return [f"{_where(gridded, values, i)}: {problem(i)}" for i in hits]
-    shown = "; ".join(_where(gridded, values, i).removeprefix("grid point ") for i in hits[:EXAMPLES])
+        return [f"{_where(gridded, values, int(i))}: {problem(i)}" for i in hits]
+    shown = "; ".join(_where(gridded, values, int(i)).removeprefix("grid point ") for i in hits[:EXAMPLES])
     return [f"{len(hits)} grid points (e.g. {shown}): {problem(hits[0])}"]
 
 

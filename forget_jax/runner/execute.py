@@ -251,7 +251,7 @@ def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunCo
         done_before = int(steps_of[start - 1]) if start > 0 else 0
         work = n * (int(steps_of[stop - 1]) - done_before)
         start = stop
-        if host is not None:
+        if host is not None and ctx.out is not None:
             store_mod.write_checkpoint(ctx.out, block.index, _leaves(host), {**meta, "stop": start, "run_s": run_s})
         if ctx.out is not None and ctx.owner is not None:
             store_mod.renew(ctx.out, block.index, ctx.owner, ctx.lease_s)

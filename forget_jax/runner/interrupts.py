@@ -21,7 +21,7 @@ import sys
 import threading
 
 _REQUESTED = threading.Event()
-_STATE = {"depth": 0, "signals": 0, "hint": ""}
+_STATE: dict = {"depth": 0, "signals": 0, "hint": ""}
 _LOCK = threading.Lock()
 
 
