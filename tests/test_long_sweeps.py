@@ -244,11 +244,11 @@ def test_plan_dry_run_describes_and_writes_nothing(tmp_path):
     from forget_jax.cli import app
 
     config = _write_config(tmp_path)
-    result = CliRunner().invoke(app, ["plan", str(config), "--chunk-size", "2"])
+    result = CliRunner().invoke(app, ["plan", str(config), "--chunk-size", "4"])
     assert result.exit_code == 0, result.output
     text = result.output
     assert "6 configurations = separation 3 x seed 2" in text
-    assert "3 of up to 2 configurations" in text  # 3 blocks
+    assert "2 of up to 4 configurations" in text  # 2 blocks
     assert "1 group(s)" in text
     assert "estimate     run" in text and "probe" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.yaml"]
