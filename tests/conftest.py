@@ -6,6 +6,8 @@
   subprocesses the CLI tests start run strict too;
 * JAX's persistent compilation cache (forget_jax/_cache.py) in a temporary folder of this
   session (removed at exit; the CLI subprocesses inherit it), never in ~/.cache;
+* on a GPU, no preallocation of device memory: the two pytest-xdist workers (pyproject addopts)
+  share the device;
 * stores written without fsync (`FORGET_JAX_FSYNC=0`, store.py): thousands of small stores on a
   CI disk. Kill-and-resume tests stay meaningful: a killed process's writes survive in the page
   cache, and every commit is a rename; fsync only matters for a power loss.
@@ -20,6 +22,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("FORGET_JAX_FSYNC", "0")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # two xdist workers share a GPU
 if "FORGET_JAX_CACHE_DIR" not in os.environ:  # JAX's compilation cache: one fresh folder per session
     _cache_dir = tempfile.mkdtemp(prefix="forget-jax-test-cache-")
     os.environ["FORGET_JAX_CACHE_DIR"] = _cache_dir
