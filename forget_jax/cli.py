@@ -118,12 +118,16 @@ def interrupt_exit():
         raise typer.Exit(130) from None
 
 
-def _start_warnings(spec) -> list[str]:
-    try:
-        from .runner.checks import start_warnings
-    except ImportError:  # pragma: no cover
-        return []
-    return start_warnings(spec)
+def _load_spec(config: Path, chunk_size: int | None, x64: bool):
+    """The validated sweep of `sweep` / `plan` (after their shared flags --chunk-size, --x64)."""
+    from .config import load_config
+
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"--chunk-size {chunk_size}: must be >= 1")
+    spec = load_config(config)
+    if x64:
+        spec = type(spec)(spec.base.model_copy(update={"x64": True}), spec.axes)
+    return spec
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
@@ -189,14 +193,9 @@ def sweep(
     A block runs in segments of about --segment-seconds, each checkpointed into the store:
     Ctrl-C (or SIGTERM) finishes the segment, saves, and prints the command that resumes."""
     with user_errors(), interrupt_exit():
-        from .config import load_config
         from .runner import initialize_distributed, run
 
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"--chunk-size {chunk_size}: must be >= 1")
-        spec = load_config(config)
-        if x64:
-            spec = type(spec)(spec.base.model_copy(update={"x64": True}), spec.axes)
+        spec = _load_spec(config, chunk_size, x64)
         shard_tuple = _parse_shard(shard)
         if distributed:
             if shard is not None:
@@ -241,17 +240,12 @@ def plan(
     """Dry run: compile groups, configurations, blocks, segments, memory and estimated time
     (and the resource caps checked, as `sweep` does before anything runs)."""
     with user_errors(), interrupt_exit():
-        from .config import load_config
-        from .runner.dry_run import plan_report
-
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"--chunk-size {chunk_size}: must be >= 1")
-        spec = load_config(config)
-        if x64:
-            spec = type(spec)(spec.base.model_copy(update={"x64": True}), spec.axes)
-        for line in _start_warnings(spec):
-            typer.echo(f"warning: {line}", err=True)
         from .limits import check_limits
+        from .runner.dry_run import plan_report
+        from .runner.execute import warn_starts
+
+        spec = _load_spec(config, chunk_size, x64)
+        warn_starts(spec)
 
         check_limits(spec, _limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb), chunk_size)
         typer.echo("\n".join(plan_report(spec, chunk_size, probe=probe)))

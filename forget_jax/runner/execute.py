@@ -25,6 +25,7 @@ two processes without `--shard` share the work instead of duplicating it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import platform
@@ -41,15 +42,17 @@ import xarray as xr
 
 from .. import fields
 from .. import store as store_mod
+from .._cache import enable_compilation_cache
 from .._version import __version__
 from ..config import ConfigError, SweepSpec
 from ..limits import Limits, check_limits
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
-from ..train import make_segments, precision
+from ..train import PER_CONFIG_OUTPUTS, make_segments, precision
 from . import extend as extend_mod
 from . import interrupts
+from .checks import start_warnings
 from .interrupts import Interrupted
 from .plan import Block, Plan, block_values, make_plan
 
@@ -57,8 +60,6 @@ _COMPILED: dict = {}
 
 #: Default wall-clock target of one segment, seconds (`--segment-seconds`).
 SEGMENT_SECONDS = 10.0
-#: Per-configuration outputs besides the per-step metrics (train.PER_CONFIG_OUTPUTS).
-PER_CONFIG = ("diverged", "diverged_reason", "diverged_step")
 
 
 def _mesh_sharding(devices):
@@ -159,6 +160,15 @@ def _compiled(setup, hyper, devices):
     return _COMPILED[key], seconds
 
 
+@contextlib.contextmanager
+def _running(setup):
+    """Where a block's programs run: the Setup's precision, and without the warning that a
+    backend (CPU) cannot reuse the donated carry buffers."""
+    with precision(setup), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        yield
+
+
 def _block_setup(spec: SweepSpec, values: dict):
     traced = fields.names("traced")
     static = {k: values[k][0] for k in spec.axes if k not in traced}
@@ -192,8 +202,7 @@ def run_block(
     if subset is not None:
         values = {k: v[subset] for k, v in values.items()}
     config, setup = _block_setup(spec, values)
-    with precision(setup), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    with _running(setup):
         return _run_block(spec, plan, block, devices, setup, config, values, t0, ctx, subset)
 
 
@@ -268,7 +277,7 @@ def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunCo
         full = np.full((n, len(steps)), np.nan, dtype=out[name].dtype)
         full[:, positions] = out[name][:n]
         metrics[name] = full
-    per_config = {name: out[name][:n] for name in PER_CONFIG if name in out}
+    per_config = {name: out[name][:n] for name in PER_CONFIG_OUTPUTS if name in out}
     timing = dict(compile_s=compile_s, run_s=run_s, wall_s=time.perf_counter() - t0)
     return metrics, per_config, timing
 
@@ -342,9 +351,7 @@ def store_attrs(spec: SweepSpec) -> dict:
         "host": platform.node(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(),
     }
-    provenance = getattr(store_mod, "provenance", None)
-    if callable(provenance):
-        attrs.update({f"provenance_{k}" if k in attrs else k: v for k, v in provenance().items()})
+    attrs.update({f"provenance_{k}" if k in attrs else k: v for k, v in store_mod.provenance().items()})
     return attrs
 
 
@@ -366,14 +373,6 @@ def _progress(total: int, enabled: bool, desc: str):
 def config_steps(spec: SweepSpec, blocks) -> int:
     """Work of some blocks in config-steps (configurations x optimisation steps)."""
     return int(sum(b.size * block_steps(spec, b) for b in blocks))
-
-
-def _enable_cache() -> None:
-    try:
-        from .._cache import enable_compilation_cache
-    except ImportError:  # pragma: no cover
-        return
-    enable_compilation_cache()
 
 
 def run(
@@ -430,7 +429,7 @@ def run(
     if segment_logs is not None and segment_logs < 1:
         raise ValueError(f"segment_logs={segment_logs}: must be >= 1")
     check_limits(spec, Limits() if limits is None else limits, chunk_size)
-    _enable_cache()
+    enable_compilation_cache()
     devices = list(devices or jax.local_devices())
     out = None if out is None else Path(out)
     ctx = RunContext(out=out, segment_seconds=segment_seconds, segment_logs=segment_logs, on_segment=on_segment)
@@ -472,12 +471,8 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _warn_starts(spec: SweepSpec) -> None:
-    """One line per grid point whose starting values are an artefact (runner/checks.py)."""
-    try:
-        from .checks import start_warnings
-    except ImportError:  # pragma: no cover
-        return
+def warn_starts(spec: SweepSpec) -> None:
+    """One line on stderr per grid point whose starting values are an artefact (checks.py)."""
     for line in start_warnings(spec):
         _say(f"warning: {line}")
 
@@ -494,7 +489,7 @@ def _run_store(
         raise StoreError(
             f"{out} already holds results of this sweep; pass --resume to continue it, or choose another --out"
         )
-    _warn_starts(spec)
+    warn_starts(spec)
     bar = _progress(config_steps(spec, mine), progress, spec.base.name)
     say = bar.write if progress else _say
     bar.update(config_steps(spec, [b for b in mine if b.index in done]))
@@ -519,7 +514,7 @@ def _run_store(
 
     ctx.on_advance = advance
     ctx.on_status = lambda text: bar.set_postfix_str(text, refresh=True)
-    ctx.owner = store_mod.owner_id() if hasattr(store_mod, "owner_id") else None
+    owner = ctx.owner = store_mod.owner_id()
     ctx.lease_s = max(120.0, 6.0 * ctx.segment_seconds)
     pending = [b for b in mine if b.index not in done]
     try:
@@ -531,7 +526,7 @@ def _run_store(
                     pending.remove(block)
                     bar.update(config_steps(spec, [block]))
                     continue
-                if ctx.owner is not None and not store_mod.claim(out, block.index, ctx.owner, ctx.lease_s):
+                if not store_mod.claim(out, block.index, owner, ctx.lease_s):
                     continue  # another live writer holds it
                 try:
                     if block.index not in done_blocks(out):
@@ -545,8 +540,7 @@ def _run_store(
                     else:
                         bar.update(config_steps(spec, [block]))
                 finally:
-                    if ctx.owner is not None:
-                        store_mod.release(out, block.index, ctx.owner)
+                    store_mod.release(out, block.index, owner)
                 pending.remove(block)
                 progressed = True
             if pending and not progressed:
@@ -563,12 +557,12 @@ def _compute_block(spec, plan, block, devices, ctx: RunContext, source):
     if source is None:
         return run_block(spec, plan, block, devices, ctx)
     present = source.present(block.region).ravel()
-    names = (*METRIC_NAMES, *PER_CONFIG)
+    names = (*METRIC_NAMES, *PER_CONFIG_OUTPUTS)
     copied = source.read(block.region, names) if present.any() else {}
     if present.all():
         ctx.advance(config_steps(spec, [block]))
         metrics = {k: copied[k].reshape(block.size, -1) for k in METRIC_NAMES}
-        per_config = {k: copied[k].reshape(block.size) for k in PER_CONFIG if k in copied}
+        per_config = {k: copied[k].reshape(block.size) for k in PER_CONFIG_OUTPUTS if k in copied}
         return metrics, per_config, dict(compile_s=0.0, run_s=0.0, wall_s=0.0, copied=block.size)
     subset = np.flatnonzero(~present)
     metrics, per_config, timing = run_block(spec, plan, block, devices, ctx, subset=subset)
@@ -585,13 +579,8 @@ def _write(out, spec, block, metrics, per_config, timing) -> None:
     shaped = {k: v.reshape(*block.shape, v.shape[-1]) for k, v in metrics.items()}
     extra = {k: v.reshape(block.shape) for k, v in per_config.items()}
     diverged = extra.pop("diverged")
-    try:
-        write_block(out, spec, block, shaped, diverged, timing, extra=extra)
-    except TypeError:  # a store module without per-configuration extras
-        write_block(out, spec, block, shaped, diverged, timing)
-    drop = getattr(store_mod, "drop_checkpoint", None)
-    if callable(drop):
-        drop(out, block.index)
+    write_block(out, spec, block, shaped, diverged, timing, extra=extra)
+    store_mod.drop_checkpoint(out, block.index)
 
 
 def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on_advance, max_hours) -> xr.Dataset:
@@ -606,7 +595,7 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on
     }
     compile_s = run_s = 0.0
     start = time.perf_counter()
-    _warn_starts(spec)
+    warn_starts(spec)
     bar = _progress(config_steps(spec, plan.blocks), progress, spec.base.name)
 
     def advance(n: int) -> None:
@@ -659,8 +648,7 @@ def probe_block(spec: SweepSpec, plan: Plan, block: Block, devices=None) -> dict
     devices = list(devices or jax.local_devices())
     values = block_values(spec, block)
     config, setup = _block_setup(spec, values)
-    with precision(setup), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    with _running(setup):
         hyper, _n, padded = _block_hyper(plan, values, config, setup, devices)
         (init, segment, _finish), compile_s = _compiled(setup, hyper, devices)
         carry = init(hyper)
