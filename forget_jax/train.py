@@ -351,3 +351,38 @@ def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
 def simulate_one(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
     """Run a single (unbatched) configuration: `jit(train)`."""
     return _run(_compiled_single, setup, hyper)
+
+
+def compiled_call(setup: Setup, hyper: Hyper) -> tuple[jax.stages.Compiled, tuple]:
+    """The ahead-of-time compiled batch program of `simulate` for this batch and its arguments:
+    `compiled(*args)` returns the trajectory (device arrays). For benchmarks and
+    `cost_analysis()` / `memory_analysis()`; call it (and the program) inside `precision(setup)`."""
+    hyper = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype), hyper)
+    args = (hyper,)
+    return compiled_batch(setup).lower(*args).compile(), args
+
+
+def program_memory(setup: Setup, n: int) -> dict[str, int]:
+    """Bytes the compiled segment program of the sweep runner needs for a batch of n
+    configurations, from XLA's `memory_analysis()`: `argument`, `output`, `temp`, `generated_code`
+    and `total` (argument + output + temp - alias: what must fit in device memory at once).
+    Compiles (once per (setup, n) in this process); call inside `precision(setup)`."""
+    from .spec import make_hyper
+
+    hyper = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype),
+        make_hyper(setup.dtype, seed=np.arange(n)),
+    )
+    init_b, segment_b, _ = compiled_segments(setup)
+    carry = jax.eval_shape(init_b, hyper)
+    bound = jax.ShapeDtypeStruct((), jnp.int32)
+    stats = segment_b.lower(carry, hyper, bound, bound).compile().memory_analysis()
+    out = dict(
+        argument=int(stats.argument_size_in_bytes),
+        output=int(stats.output_size_in_bytes),
+        temp=int(stats.temp_size_in_bytes),
+        generated_code=int(stats.generated_code_size_in_bytes),
+        alias=int(stats.alias_size_in_bytes),
+    )
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
