@@ -9,10 +9,10 @@ The estimate (`footprint`) is arithmetic on the sweep's shape, no array is built
   largest `steps` over the smallest `log_every`);
 * logged values V = N P M with M the per-step metrics of the store (metrics.METRIC_NAMES), and
   store bytes V x itemsize (4 in float32, 8 in float64);
-* per block (the configurations computed at once: `chunk_size`, or the runner's default from its
-  memory budget), the host memory of its logged values C P M itemsize and the device memory
+* per block (the configurations computed at once: `chunk_size`, or the runner's default without
+  a memory probe, runner.plan.choose_chunk_size(probe=False)), the host memory of its logged values C P M itemsize and the device memory
   C x (samples 24 B d + quadrature nodes 32 Q + logged values P M + 256) x itemsize, the terms of
-  runner.plan.default_chunk_size.
+  runner.plan.formula_bytes_per_config.
 
 The hard caps of config.py (values per axis, grid points) protect the loader itself; these caps
 are the second line, generous for real work and each overridable.
@@ -123,7 +123,7 @@ def footprint(spec: SweepSpec, chunk_size: int | None = None) -> Footprint:
     if chunk_size is None:
         from .runner.plan import default_chunk_size
 
-        chunk_size = default_chunk_size(spec)
+        chunk_size = default_chunk_size(spec, probe=False)  # no compilation: run() passes its real size
     block = max(1, min(int(chunk_size), configs))
     batch = max(_largest(spec, "batch_size"))
     dim = max(_largest(spec, "dim"))

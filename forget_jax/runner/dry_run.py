@@ -1,9 +1,10 @@
 """`forget-jax plan CONFIG`: what a sweep will do, before it does it.
 
-Compile groups (distinct static `Setup`s), configurations, blocks, segments, device memory of a
-block's training carry, the store's size, and the run time estimated from a one-segment probe of
-the first block of each compile group (compiled for real, so the persistent compilation cache
-makes the sweep that follows start faster). Nothing is written.
+Compile groups (distinct static `Setup`s), configurations, blocks and the default block size with
+its origin (plan.choose_chunk_size: XLA's memory analysis and the free memory), segments, device
+memory of a block's training carry, the store's size, and the run time estimated from a
+one-segment probe of the first block of each compile group (compiled for real, so the persistent
+compilation cache makes the sweep that follows start faster). Nothing is written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..config import SweepSpec
 from ..metrics import METRIC_NAMES
 from ..store import coordinates
 from .execute import SEGMENT_SECONDS, block_steps, config_steps, probe_block
-from .plan import Block, make_plan
+from .plan import Block, choose_chunk_size, make_plan
 
 
 def _bytes(n: float) -> str:
@@ -56,6 +57,11 @@ def plan_report(
     devices=None,
 ) -> list[str]:
     """Lines describing the sweep's plan (and, with `probe`, measured compile and run rates)."""
+    if chunk_size is None:
+        choice = choose_chunk_size(spec, devices)
+        chunk_size, chunk_line = choice.size, choice.describe()
+    else:
+        chunk_line = f"{chunk_size} configurations per block (given)"
     plan = make_plan(spec, chunk_size)
     groups = compile_groups(spec, plan.blocks)
     coords = coordinates(spec)
@@ -68,6 +74,7 @@ def plan_report(
         f"compile      {len(groups)} group(s) (distinct static fields)",
         f"blocks       {len(plan.blocks)} of up to {math.prod(plan.chunk_shape)} configurations "
         f"(chunk {tuple(plan.chunk_shape)})",
+        f"chunk size   {chunk_line}",
         f"work         {config_steps(spec, plan.blocks):.4g} config-steps, {n_steps} logged steps per configuration",
         f"store        {_bytes(store_bytes)} of metrics before compression",
     ]

@@ -54,7 +54,7 @@ from . import extend as extend_mod
 from . import interrupts
 from .checks import start_warnings
 from .interrupts import Interrupted
-from .plan import Block, Plan, block_values, make_plan
+from .plan import Block, Plan, block_values, default_chunk_size, make_plan
 
 _COMPILED: dict = {}
 
@@ -403,7 +403,8 @@ def run(
         resume: continue a store: verify it, repair or recompute damaged blocks, skip the
             committed ones, continue checkpointed blocks from their last segment.
         shard: (i, N): run the disjoint slice i of N of the blocks.
-        chunk_size: configurations per block (default: from a memory budget).
+        chunk_size: configurations per block (default: plan.choose_chunk_size, from XLA's memory
+            analysis of the block program and the devices' free memory).
         progress: show a progress bar (config-steps, with an ETA).
         devices: devices to shard each block over (default: all local devices).
         segment_seconds: wall-clock target of one segment (checkpoint and progress interval).
@@ -428,9 +429,12 @@ def run(
         raise ValueError(f"segment_seconds={segment_seconds}: must be a positive number of seconds")
     if segment_logs is not None and segment_logs < 1:
         raise ValueError(f"segment_logs={segment_logs}: must be >= 1")
-    check_limits(spec, Limits() if limits is None else limits, chunk_size)
+    limits = Limits() if limits is None else limits
+    check_limits(spec, limits, chunk_size or 1)  # the caps that do not depend on the block size, before any probe
     enable_compilation_cache()
     devices = list(devices or jax.local_devices())
+    chunk_size = chunk_size or default_chunk_size(spec, devices)  # from XLA's memory analysis (plan.py)
+    check_limits(spec, limits, chunk_size)
     out = None if out is None else Path(out)
     ctx = RunContext(out=out, segment_seconds=segment_seconds, segment_logs=segment_logs, on_segment=on_segment)
     with interrupts.handle_interrupts(resume_hint(out, command)):
