@@ -109,6 +109,9 @@ def sweep(
     bad configuration and `forget_jax.runner.interrupts.Interrupted` (a KeyboardInterrupt) when
     stopped by SIGINT / SIGTERM.
     """
+    from . import host_devices
+
+    host_devices.configure()  # one CPU device per core, unless JAX already runs (then a no-op)
     from .config import load_config
     from .runner import run
 

@@ -243,11 +243,15 @@ def plan(
         from .limits import check_limits
         from .runner.dry_run import plan_report
         from .runner.execute import warn_starts
+        from .runner.plan import default_chunk_size
 
         spec = _load_spec(config, chunk_size, x64)
         warn_starts(spec)
 
-        check_limits(spec, _limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb), chunk_size)
+        limits = _limits(no_limits, max_configs, max_logged_points, max_store_gb, max_memory_gb)
+        check_limits(spec, limits, chunk_size or 1)  # the caps that do not depend on the block size, before any probe
+        # then with the block size `sweep` will use (plan.py; remembered for plan_report)
+        check_limits(spec, limits, chunk_size or default_chunk_size(spec))
         typer.echo("\n".join(plan_report(spec, chunk_size, probe=probe)))
 
 
@@ -498,6 +502,13 @@ def main() -> None:  # pragma: no cover - console entry point
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_at_once)
+    from . import host_devices
+
+    try:  # one CPU device per core (before JAX initialises its backends): blocks shard over them
+        host_devices.configure()
+    except ValueError as exc:  # a bad FORGET_JAX_HOST_DEVICES
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
     app()
 
 

@@ -1,6 +1,8 @@
 """Test configuration (set before jax is imported anywhere):
 
-* 4 host CPU devices, so sharded code paths run on CPU CI;
+* 4 host CPU devices, so sharded code paths run on CPU CI (XLA_FLAGS; a user-set count wins over
+  forget_jax/host_devices.py), and `FORGET_JAX_HOST_DEVICES=1` so that a subprocess started
+  without these XLA_FLAGS keeps JAX's single CPU device instead of one per core;
 * strict dtype promotion (as equinox's tests): mixing float32 and float64 arrays, or int32 and
   int64, raises instead of silently promoting. It is an environment variable, so the `forget-jax`
   subprocesses the CLI tests start run strict too;
@@ -19,6 +21,7 @@ import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("FORGET_JAX_HOST_DEVICES", "1")
 os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("FORGET_JAX_FSYNC", "0")
