@@ -11,8 +11,8 @@ The estimate (`footprint`) is arithmetic on the sweep's shape, no array is built
   store bytes V x itemsize (4 in float32, 8 in float64);
 * per block (the configurations computed at once: `chunk_size`, or the runner's default without
   a memory probe, runner.plan.choose_chunk_size(probe=False)), the host memory of its logged
-  values C P M itemsize and the device memory C x (samples 24 B d + quadrature nodes 32 Q + logged values P M + 256) x itemsize, the terms of
-  runner.plan.formula_bytes_per_config.
+  values C P M itemsize and the device memory C x (samples 24 B d + quadrature nodes 32 Q +
+  logged values P M + 256) x itemsize, the terms of runner.plan.formula_bytes_per_config.
 
 The hard caps of config.py (values per axis, grid points) protect the loader itself; these caps
 are the second line, generous for real work and each overridable.
