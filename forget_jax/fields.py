@@ -329,6 +329,15 @@ declare(
         group="engine",
     ),
     Field(
+        "independent_noise",
+        "static",
+        False,
+        "grid points draw independent noise (key(seed) folded with their values); false: grid points "
+        "sharing a seed share every draw (common random numbers, drawn once per seed; objectives.md Noise)",
+        type=bool,
+        group="engine",
+    ),
+    Field(
         "dim",
         "static",
         1,

@@ -139,3 +139,64 @@ def hard_misassignment(
     threshold = jnp.square(scale) * log_odds / safe
     p = 1.0 - ndtr((threshold - offset) / sample_scale)
     return jnp.where(norm > 0, p, jnp.where(old_weight < 0.5, 1.0, 0.0))
+
+
+def mixture_log_density_vjp(
+    x: Float[Array, "B k"],
+    cotangent: Float[Array, " B"],
+    old_weight: Scalar,
+    old_mean: Float[Array, " k"],
+    new_mean: Float[Array, " k"],
+    old_scale: Scalar,
+    new_scale: Scalar,
+    *,
+    logit_weight: bool,
+) -> tuple[
+    Float[Array, " B"], tuple[Scalar, Float[Array, " k"], Float[Array, " k"], Scalar, Scalar], Float[Array, "B k"]
+]:
+    r"""log q(x_i) and the vector-Jacobian product of $\sum_i c_i \log q(x_i)$, hand-written (the
+    autodiff of `mixture_log_density` is its test oracle: tests/test_lean_step.py).
+
+    With $a_o = \log\beta + \log N_o(x)$, $a_n = \log(1-\beta) + \log N_n(x)$,
+    $\log q = \operatorname{logaddexp}(a_o, a_n)$ and the responsibilities
+    $r_o = \sigma(a_o - a_n)$, $r_n = 1 - r_o$ (one exp and one log1p per sample):
+
+    * weight: $\partial_\beta \log q = (N_o - N_n)/q = r_o/\beta - r_n/(1-\beta)$; in the logit
+      parameter $a = \operatorname{logit}\beta$: $\partial_a \log q = r_o - \beta$;
+    * means: $\partial_{m_k} \log q = r_k (x - m_k) / s_k^2$;
+    * scales: $\partial_{s_k} \log q = r_k (\lVert x - m_k\rVert^2 / s_k^3 - k / s_k)$;
+    * samples: $\nabla_x \log q = -\sum_k r_k (x - m_k) / s_k^2$.
+
+    Args:
+        x: B samples; cotangent: c_i; the mixture's parameters (beta in [0, 1]);
+        logit_weight: differentiate in a = logit(beta) (True) or in beta itself (False; at
+            beta = 0 or 1 the ratio form exp(log N_k - log q) is used, as `_log_mix` does).
+
+    Returns:
+        (log q(x) of shape (B,), (d_weight, d_old_mean, d_new_mean, d_old_scale, d_new_scale),
+        c_i * grad_x log q(x_i) of shape (B, k)).
+    """
+    k = x.shape[-1]
+    d_old, d_new = x - old_mean, x - new_mean
+    sq_old, sq_new = jnp.sum(jnp.square(d_old), axis=-1), jnp.sum(jnp.square(d_new), axis=-1)
+    log_o = -0.5 * sq_old / jnp.square(old_scale) - k * jnp.log(old_scale) - 0.5 * k * LOG_2PI
+    log_n = -0.5 * sq_new / jnp.square(new_scale) - k * jnp.log(new_scale) - 0.5 * k * LOG_2PI
+    a_o, a_n = jnp.log(old_weight) + log_o, jnp.log1p(-old_weight) + log_n
+    gap = a_o - a_n
+    e = jnp.exp(-jnp.abs(gap))  # in [0, 1]
+    log_q = jnp.maximum(a_o, a_n) + jnp.log1p(e)
+    r_old = jnp.where(gap >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    r_new = 1.0 - r_old
+    if logit_weight:
+        d_weight = jnp.sum(cotangent * (r_old - old_weight))
+    else:
+        ratio = jnp.exp(log_o - log_q) - jnp.exp(log_n - log_q)
+        d_weight = jnp.sum(cotangent * ratio)
+    w_old = cotangent * r_old / jnp.square(old_scale)
+    w_new = cotangent * r_new / jnp.square(new_scale)
+    d_old_mean = jnp.sum(w_old[:, None] * d_old, axis=0)
+    d_new_mean = jnp.sum(w_new[:, None] * d_new, axis=0)
+    d_old_scale = jnp.sum(w_old * sq_old) / old_scale - k * jnp.sum(cotangent * r_old) / old_scale
+    d_new_scale = jnp.sum(w_new * sq_new) / new_scale - k * jnp.sum(cotangent * r_new) / new_scale
+    d_x = -(w_old[:, None] * d_old + w_new[:, None] * d_new)
+    return log_q, (d_weight, d_old_mean, d_new_mean, d_old_scale, d_new_scale), d_x

@@ -39,6 +39,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -47,11 +48,11 @@ import numpy as np
 import optax
 
 from . import items
-from ._types import Array, Bool, Int, Scalar
+from ._types import Array, Bool, Int, PRNGKeyArray, Scalar
 from .metrics import METRIC_NAMES, measure, old_drift
 from .model import LearnerParams, init_params, target_mixture
 from .objectives import get_objective
-from .spec import Hyper, Setup
+from .spec import SEED, Hyper, Setup
 from .update import apply_update, make_optimizer
 
 #: How many times the training loop of each Setup has been traced (compiled). A batch of any
@@ -141,11 +142,65 @@ def _state_reason(state_parts, params: LearnerParams, hyper: Hyper, setup: Setup
     return _reason(_float_leaves(state_parts), blown_up(params, hyper, setup))
 
 
+#: Seed-shared noise: a table of U seeds pays when U <= SHARE_FRACTION * (configurations).
+SHARE_FRACTION = 0.25
+
+#: Seed-shared noise: at most this many steps of draws per table, and at most NOISE_TABLE_ELEMENTS
+#: numbers (U seeds x steps x B x d) in one table (16 MiB of float32).
+NOISE_CHUNK_STEPS = 64
+NOISE_TABLE_ELEMENTS = 2**22
+
+
+def run_key(hyper: Hyper, setup: Setup) -> PRNGKeyArray:
+    """The configuration's run key: key(seed), the stream of every grid point with that seed
+    (common random numbers). With `independent_noise`, key(seed) folded with the bits of each
+    traced value (as float32, in name order), so grid points draw independent streams that still
+    depend on the configuration's own seed and values only."""
+    key = jax.random.key(hyper.seed)
+    if not setup.independent_noise:
+        return key
+    for name in sorted(hyper.values):
+        if name != SEED:
+            bits = jax.lax.bitcast_convert_type(jnp.asarray(hyper.values[name]).astype(jnp.float32), jnp.uint32)
+            key = jax.random.fold_in(key, bits)
+    return key
+
+
+def noise_chunks(setup: Setup, seeds: int) -> tuple[int, int, int]:
+    """(chunk, full, rest): the log_every steps of one log interval drawn as `full` tables of
+    `chunk` steps and one of `rest` (0: none); chunk <= NOISE_CHUNK_STEPS and a table of `seeds`
+    seeds holds at most NOISE_TABLE_ELEMENTS numbers. A divisor of log_every is preferred (one
+    table shape, traced once) when one is at least half the largest allowed chunk."""
+    per_step = max(1, seeds * setup.batch_size * setup.dim)
+    cap = max(1, min(NOISE_CHUNK_STEPS, NOISE_TABLE_ELEMENTS // per_step, setup.log_every))
+    divisor = max(c for c in range(1, cap + 1) if setup.log_every % c == 0)
+    chunk = divisor if 2 * divisor >= cap else cap
+    return chunk, setup.log_every // chunk, setup.log_every % chunk
+
+
+def seed_layout(setup: Setup, seeds: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Whether and how a batch draws its noise once per seed: (noise_seeds, seed_slot) with
+    noise_seeds the distinct seeds (padded to a power of two U by repeating the first, so blocks
+    of one compile group share one program) and seed_slot[i] the row of configuration i's seed; or
+    (None, None) to draw per configuration: the objective's draws are not a function of (seed,
+    step) alone (`Objective.seed_shared`), `independent_noise` is on, or U > SHARE_FRACTION * n
+    (sharing would save little). Both layouts give every configuration the same draws."""
+    seeds = np.asarray(seeds).reshape(-1)
+    if setup.independent_noise or not get_objective(setup.objective).seed_shared(setup):
+        return None, None
+    unique, slot = np.unique(seeds, return_inverse=True)
+    size = 1 << max(0, len(unique) - 1).bit_length()
+    if size > SHARE_FRACTION * len(seeds):
+        return None, None
+    table = np.concatenate([unique, np.full(size - len(unique), unique[0])])
+    return table.astype(np.int32), slot.astype(np.int32)
+
+
 def make_segments(
     setup: Setup,
 ) -> tuple[
     Callable[[Hyper], Carry],
-    Callable[[Carry, Hyper, Int[Array, ""], Int[Array, ""]], Carry],
+    Callable[..., Carry],
     Callable[[Carry], Trajectory],
 ]:
     """Return `(init, segment, finish)` for one configuration (unbatched `hyper`).
@@ -161,9 +216,8 @@ def make_segments(
     """
     objective = get_objective(setup.objective)
     optimizer = make_optimizer(setup)
-
-    def evaluate(params, hyper, key, companion):
-        return objective.loss(params, hyper, setup, key, companion)
+    gradient = objective.noise_gradient(setup)
+    value = objective.noise_value(setup)
 
     def init(hyper: Hyper) -> Carry:
         nan = jnp.asarray(jnp.nan, setup.dtype)
@@ -186,19 +240,18 @@ def make_segments(
         trajectory = {name: jnp.full((setup.num_logs,), jnp.nan, setup.dtype) for name in METRIC_NAMES}
         return Carry(state=state, before=before, trajectory=trajectory)
 
-    def segment(carry: Carry, hyper: Hyper, start, stop) -> Carry:
+    def segment(carry: Carry, hyper: Hyper, start, stop, noise_seeds=None, seed_slot=None) -> Carry:
         TRACE_COUNTS[setup] += 1
         start = jnp.asarray(start, jnp.int32)
         stop = jnp.asarray(stop, jnp.int32)
         step_dtype = jnp.arange(1).dtype  # int64 under x64, as the step counters always were
-        key = jax.random.key(hyper.seed)
+        key = run_key(hyper, setup)
         target = target_mixture(hyper, setup)
         nan = jnp.asarray(jnp.nan, setup.dtype)
         before = carry.before
-        grad_fn = jax.grad(evaluate, has_aux=True)
 
-        def step(state: TrainState, t) -> tuple[TrainState, None]:
-            grads, estimate = grad_fn(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
+        def step(state: TrainState, t, noise) -> tuple[TrainState, None]:
+            grads, estimate = gradient(state.params, hyper, noise, state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
             companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
             reason = _state_reason((params, companion, opt_state), params, hyper, setup)
@@ -230,7 +283,7 @@ def make_segments(
 
         def record(state: TrainState, t, starved_fraction) -> tuple[TrainState, dict[str, Scalar]]:
             metrics = measure(state.params, hyper, setup)
-            _, estimate = evaluate(state.params, hyper, objective.batch_key(key, t, hyper, setup), state.companion)
+            _, estimate = value(state.params, hyper, objective.step_noise(key, t, hyper, setup), state.companion)
             metrics.update(
                 loss=estimate.loss,
                 starved_fraction=starved_fraction,
@@ -254,10 +307,36 @@ def make_segments(
             metrics = {name: jnp.where(state.diverged, nan, value) for name, value in metrics.items()}
             return state, metrics
 
+        def own_step(state: TrainState, t) -> tuple[TrainState, None]:
+            return step(state, t, objective.step_noise(key, t, hyper, setup))
+
+        def shared_chunk(state: TrainState, first, length: int) -> TrainState:
+            # the draws of steps first .. first + length - 1 for every seed of the table, made
+            # once (no configuration axis: noise_seeds is shared by the batch), then each
+            # configuration reads the row of its own seed
+            steps = first + jnp.arange(length, dtype=step_dtype)
+            draw = objective.draw
+            assert draw is not None  # seed_layout shares noise only for objectives with a draw
+            draws = lambda seed: jax.vmap(lambda t: draw(jax.random.fold_in(jax.random.key(seed), t), setup))(steps)
+            table = jax.vmap(draws)(noise_seeds)
+
+            def inner(state: TrainState, c) -> tuple[TrainState, None]:
+                return step(state, steps[c], jax.tree.map(lambda a: a[seed_slot, c], table))
+
+            return jax.lax.scan(inner, state, jnp.arange(length))[0]
+
         def advance(state: TrainState, j) -> TrainState:
             state = eqx.tree_at(lambda s: s.starved_steps, state, jnp.zeros((), jnp.int32))
             first = (j - 1).astype(step_dtype) * setup.log_every
-            return jax.lax.scan(step, state, first + jnp.arange(setup.log_every, dtype=step_dtype))[0]
+            if noise_seeds is None:
+                return jax.lax.scan(own_step, state, first + jnp.arange(setup.log_every, dtype=step_dtype))[0]
+            chunk, full, rest = noise_chunks(setup, noise_seeds.shape[0])
+            state = jax.lax.scan(
+                lambda s, i: (shared_chunk(s, first + i.astype(step_dtype) * chunk, chunk), None),
+                state,
+                jnp.arange(full),
+            )[0]
+            return shared_chunk(state, first + full * chunk, rest) if rest else state
 
         def body(loop: tuple[Int[Array, ""], Carry]) -> tuple[Int[Array, ""], Carry]:
             # log point j records the state after j * log_every steps; point 0 is the initial
@@ -283,7 +362,7 @@ def make_segments(
     return init, segment, finish
 
 
-def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
+def make_train(setup: Setup) -> Callable[..., Trajectory]:
     """Return `train(hyper) -> trajectory` for one configuration (unbatched `hyper`): init, one
     segment over every log point, finish (`make_segments`).
 
@@ -293,8 +372,9 @@ def make_train(setup: Setup) -> Callable[[Hyper], Trajectory]:
     """
     init, segment, finish = make_segments(setup)
 
-    def train(hyper: Hyper) -> Trajectory:
-        return finish(segment(init(hyper), hyper, jnp.asarray(0, jnp.int32), jnp.asarray(setup.num_logs, jnp.int32)))
+    def train(hyper: Hyper, noise_seeds=None, seed_slot=None) -> Trajectory:
+        start, stop = jnp.asarray(0, jnp.int32), jnp.asarray(setup.num_logs, jnp.int32)
+        return finish(segment(init(hyper), hyper, start, stop, noise_seeds, seed_slot))
 
     return train
 
@@ -305,24 +385,38 @@ def precision(setup: Setup):
     return jax.enable_x64(True) if setup.x64 else contextlib.nullcontext()
 
 
+def _with_noise_layout(batched: Callable, positional: int) -> Callable:
+    """`batched` with its last two arguments (noise_seeds, seed_slot of `seed_layout`) optional
+    (None: every configuration draws its own noise)."""
+
+    def call(*args):
+        if len(args) not in (positional, positional + 2):
+            raise TypeError(f"expected {positional} arguments (+ noise_seeds, seed_slot), got {len(args)}")
+        return batched(*args, *([None, None] if len(args) == positional else []))
+
+    return call
+
+
 @lru_cache(maxsize=64)
-def compiled_batch(setup: Setup) -> Callable[[Hyper], Trajectory]:
-    """`jit(vmap(train))` for a Setup: one compiled program per (Setup, batch size). Call it
+def compiled_batch(setup: Setup) -> Any:
+    """`jit(vmap(train))` for a Setup, called as `(hyper)` or `(hyper, noise_seeds, seed_slot)`
+    (`seed_layout`): one compiled program per (Setup, batch size, noise layout). Call it
     inside `precision(setup)`."""
-    return jax.jit(jax.vmap(make_train(setup)))
+    return jax.jit(_with_noise_layout(jax.vmap(make_train(setup), in_axes=(0, None, 0)), 1))
 
 
 @lru_cache(maxsize=64)
-def compiled_segments(setup: Setup) -> tuple[Callable, Callable, Callable]:
+def compiled_segments(setup: Setup) -> tuple[Any, Any, Any]:
     """`(init_b, segment_b, finish_b)` = `make_segments(setup)` vmapped over configurations and
-    jitted: `init_b(hyper)`, `segment_b(carry, hyper, start, stop)` (start / stop shared by the
+    jitted: `init_b(hyper)`, `segment_b(carry, hyper, start, stop[, noise_seeds, seed_slot])`
+    (`seed_layout`; start / stop shared by the
     batch, passed as `jnp.int32` scalars; the carry is donated) and `finish_b(carry)`. One
     compiled segment program per (Setup, batch size) serves every segment. Call them inside
     `precision(setup)`."""
     init, segment, finish = make_segments(setup)
     return (
         jax.jit(jax.vmap(init)),
-        jax.jit(jax.vmap(segment, in_axes=(0, 0, None, None)), donate_argnums=0),
+        jax.jit(_with_noise_layout(jax.vmap(segment, in_axes=(0, 0, None, None, None, 0)), 4), donate_argnums=0),
         jax.jit(jax.vmap(finish)),
     )
 
@@ -332,33 +426,39 @@ def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
     return jax.jit(make_train(setup))
 
 
-def _run(fn, setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
-    with precision(setup):
-        hyper = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype), hyper)
-        out = jax.block_until_ready(fn(setup)(hyper))
-        return {k: np.asarray(v) for k, v in out.items()}
+def _device_hyper(setup: Setup, hyper: Hyper) -> Hyper:
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype), hyper)
+
+
+def _batch_args(setup: Setup, hyper: Hyper) -> tuple:
+    noise_seeds, seed_slot = seed_layout(setup, np.asarray(hyper.seed))
+    return (_device_hyper(setup, hyper), noise_seeds, seed_slot)
 
 
 def simulate(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
-    """Run a batch of configurations (every leaf of `hyper` has a leading axis of length n).
+    """Run a batch of configurations (every leaf of `hyper` has a leading axis of length n), with
+    the noise drawn once per seed where that pays (`seed_layout`).
 
     Returns host arrays: metrics of shape (n, setup.num_logs) and each name of PER_CONFIG_OUTPUTS
     (`diverged`, `diverged_reason`, `diverged_step`) of shape (n,).
     """
-    return _run(compiled_batch, setup, hyper)
+    with precision(setup):
+        out = jax.block_until_ready(compiled_batch(setup)(*_batch_args(setup, hyper)))
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def simulate_one(setup: Setup, hyper: Hyper) -> dict[str, np.ndarray]:
     """Run a single (unbatched) configuration: `jit(train)`."""
-    return _run(_compiled_single, setup, hyper)
+    with precision(setup):
+        out = jax.block_until_ready(_compiled_single(setup)(_device_hyper(setup, hyper)))
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def compiled_call(setup: Setup, hyper: Hyper) -> tuple[jax.stages.Compiled, tuple]:
     """The ahead-of-time compiled batch program of `simulate` for this batch and its arguments:
     `compiled(*args)` returns the trajectory (device arrays). For benchmarks and
     `cost_analysis()` / `memory_analysis()`; call it (and the program) inside `precision(setup)`."""
-    hyper = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if x.dtype.kind in "iu" else setup.dtype), hyper)
-    args = (hyper,)
+    args = _batch_args(setup, hyper)
     return compiled_batch(setup).lower(*args).compile(), args
 
 

@@ -11,6 +11,13 @@ travels with its knobs (`fields`, declared in the field table on registration), 
 `rules`, the optional `companion_update(companion, params, step, hyper, setup)` applied after every
 optimiser step, and an optional `preset` (values filled in for unset keys, e.g. CRNC25's setting).
 
+The step's randomness can be split from its arithmetic (objectives.md, "Noise"): `draw(key,
+setup) -> Noise` makes the standard draws from the step key only, `estimate(params, hyper, setup,
+noise, companion)` is the surrogate given them, and `gradient(setup)` may return a hand-written
+`(grads, Estimate)` for the same surrogate (autodiff of `estimate` stays its test oracle). The
+training loop then draws the noise once per seed for every grid point sharing it. An objective
+without `draw` keeps the key-based `loss` and draws per configuration.
+
 Adding an objective is one file under objectives/ plus one `register(...)` call: it then
 validates, sweeps, lands in the store and gets plot labels with no edit elsewhere.
 """
@@ -28,7 +35,7 @@ from .._types import PRNGKeyArray, Scalar
 from ..fields import Field, Rule
 from ..model import LearnerParams
 from ..spec import Hyper, Setup
-from ._common import Estimate
+from ._common import Estimate, Noise
 
 
 class Loss(Protocol):
@@ -39,6 +46,9 @@ class Loss(Protocol):
 
 CompanionUpdate = Callable[[LearnerParams, LearnerParams, Any, Hyper, Setup], LearnerParams]
 BatchKey = Callable[[PRNGKeyArray, Any, Hyper, Setup], PRNGKeyArray]
+Draw = Callable[[PRNGKeyArray, Setup], Noise]
+NoiseEstimate = Callable[[LearnerParams, Hyper, Setup, Noise, LearnerParams], tuple[Scalar, Estimate]]
+NoiseGradient = Callable[[LearnerParams, Hyper, Noise, LearnerParams], tuple[LearnerParams, Estimate]]
 
 
 def step_key(run_key: PRNGKeyArray, step, hyper: Hyper, setup: Setup) -> PRNGKeyArray:
@@ -68,6 +78,16 @@ class Objective:
         batch_key: the PRNG key of step t from the run key, `batch_key(run_key, t, hyper, setup)`
             (default `step_key`: fold_in(run_key, t)); OAPL's batch reuse returns one key per sync
             window. It must depend on the run key, t and the configuration's own values only.
+        draw: the step's standard draws from its key, `draw(key, setup) -> Noise` (None: the
+            objective draws inside `loss`, per configuration).
+        estimate: the surrogate given the draws, `estimate(params, hyper, setup, noise,
+            companion)`; `loss(..., key, ...)` must equal `estimate(..., draw(key, setup), ...)`.
+        gradient: `gradient(setup)` -> a hand-written `(params, hyper, noise, companion) ->
+            (grads, Estimate)` equal to the autodiff of `estimate` (to float rounding), or None
+            where autodiff is kept.
+        shares_noise: `shares_noise(setup)`: the step's draws depend on (seed, step) only, so
+            grid points that share a seed may share them (only with the default `batch_key`,
+            which reads nothing else).
     """
 
     name: str
@@ -79,6 +99,48 @@ class Objective:
     preset: Mapping[str, Any] | None = None
     supports_replay: bool = False
     batch_key: BatchKey = step_key
+    draw: Draw | None = None
+    estimate: NoiseEstimate | None = None
+    gradient: Callable[[Setup], NoiseGradient | None] | None = None
+    shares_noise: Callable[[Setup], bool] = lambda setup: True
+
+    def noise_gradient(self, setup: Setup) -> NoiseGradient:
+        """`(params, hyper, noise, companion) -> (grads, Estimate)` of one step: the hand-written
+        gradient where there is one, else autodiff of `estimate` (or of `loss`, whose `noise` is
+        then the step's PRNG key)."""
+        hand = self.gradient(setup) if self.gradient is not None else None
+        if hand is not None:
+            return hand
+        estimate = self.estimate
+        if estimate is None:
+            loss = self.loss
+            return lambda params, hyper, key, companion: jax.grad(loss, has_aux=True)(
+                params, hyper, setup, key, companion
+            )
+        return lambda params, hyper, noise, companion: jax.grad(estimate, has_aux=True)(
+            params, hyper, setup, noise, companion
+        )
+
+    def noise_value(
+        self, setup: Setup
+    ) -> Callable[[LearnerParams, Hyper, Any, LearnerParams], tuple[Scalar, Estimate]]:
+        """`(params, hyper, noise, companion) -> (surrogate, Estimate)` at the noise of `step_noise`."""
+        estimate = self.estimate if self.estimate is not None else self.loss
+        return lambda params, hyper, noise, companion: estimate(params, hyper, setup, noise, companion)
+
+    def step_noise(self, run_key: PRNGKeyArray, step, hyper: Hyper, setup: Setup):
+        """The noise of step t: `draw(batch_key(run_key, t))`, or the batch key itself for an
+        objective without `draw`."""
+        key = self.batch_key(run_key, step, hyper, setup)
+        return key if self.draw is None else self.draw(key, setup)
+
+    def seed_shared(self, setup: Setup) -> bool:
+        """True when the step's noise is `draw(fold_in(key(seed), t), setup)` with array leaves:
+        a function of (seed, t) only, which the loop may draw once per seed."""
+        if self.draw is None or self.batch_key is not step_key or not self.shares_noise(setup):
+            return False
+        shape = jax.eval_shape(lambda: self.draw(jax.random.key(0), setup))  # type: ignore[misc]
+        return len(jax.tree.leaves(shape)) > 0
 
 
 OBJECTIVES: dict[str, Objective] = {}

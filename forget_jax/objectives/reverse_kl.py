@@ -18,9 +18,19 @@ import jax.numpy as jnp
 from .. import fields
 from .._types import PRNGKeyArray, Scalar
 from ..divergence import kl_divergence, mixture_expectation
-from ..model import LearnerParams, Mixture, learner_mixture, old_task, target_mixture
+from ..gaussian import mixture_log_density_vjp
+from ..model import LearnerParams, Mixture, learner_mixture, old_task, old_weight, target_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, bernoulli, component_draws, draw_ancestral, leave_one_out_mean, population_frame
+from ._common import (
+    Estimate,
+    Noise,
+    ancestral_at,
+    components_at,
+    leave_one_out_mean,
+    population_frame,
+    standard_normal,
+    uniform,
+)
 from .registry import Objective, register
 
 sg = jax.lax.stop_gradient
@@ -52,13 +62,35 @@ def population_reverse_kl(q: Mixture, target, order: int) -> Scalar:
     return mixture_expectation(q, lambda x: q_fixed.log_prob(x) - target.log_prob(x), order)
 
 
+def draw_reverse_kl(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The step's draws, from (replay, label, eps) keys = split(key, 3): none (population), eps
+    (stratified), label and eps (pathwise, ancestral), and the replay uniforms too (score,
+    ancestral)."""
+    if setup.estimator == "population":
+        return Noise()
+    k_replay, k_label, k_eps = jax.random.split(key, 3)
+    eps = standard_normal(k_eps, setup)
+    if setup.sampling == "stratified":
+        return Noise(eps=eps)
+    if setup.estimator == "pathwise":
+        return Noise(eps=eps, label=uniform(k_label, setup))
+    return Noise(eps=eps, label=uniform(k_label, setup), replay=uniform(k_replay, setup))
+
+
+def reverse_kl_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
+    """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*) given the step's
+    draws (`draw_reverse_kl`); see module doc. `companion` is unused."""
+    target = target_mixture(hyper, setup)
+    return reverse_kl_at(learner_mixture(params, setup), target, setup, noise, hyper.replay_ratio, old_task(target))
+
+
 def reverse_kl(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate whose gradient is the (estimated) gradient of KL(q_theta || p*); see module doc.
-    `companion` is unused."""
-    target = target_mixture(hyper, setup)
-    return reverse_kl_to(learner_mixture(params, setup), target, setup, key, hyper.replay_ratio, old_task(target))
+    """`reverse_kl_given` at the draws of `draw_reverse_kl(key)`."""
+    return reverse_kl_given(params, hyper, setup, draw_reverse_kl(key, setup), companion)
 
 
 def reverse_kl_to(
@@ -69,10 +101,22 @@ def reverse_kl_to(
     replay_ratio: Scalar | None = None,
     p_old: Mixture | None = None,
 ) -> tuple[Scalar, Estimate]:
+    """`reverse_kl_at` at the draws of `draw_reverse_kl(key)`."""
+    return reverse_kl_at(q, target, setup, draw_reverse_kl(key, setup), replay_ratio, p_old)
+
+
+def reverse_kl_at(
+    q: Mixture,
+    target,
+    setup: Setup,
+    noise: Noise,
+    replay_ratio: Scalar | None = None,
+    p_old: Mixture | None = None,
+) -> tuple[Scalar, Estimate]:
     """Surrogate whose gradient estimates grad KL(q || target) for any fixed `target` with
-    `log_prob` and `project` (p* for `rkl`, the SDFT teacher for `sdft`): population, or Monte
-    Carlo pathwise / score, ancestral / stratified (module doc). Replay (T6) only when
-    `replay_ratio` and `p_old` are given (score, ancestral)."""
+    `log_prob` and `project` (p* for `rkl`, the SDFT teacher for `sdft`) at the step's draws:
+    population, or Monte Carlo pathwise / score, ancestral / stratified (module doc). Replay (T6)
+    only when `replay_ratio` and `p_old` are given (score, ancestral)."""
     one = jnp.ones((), setup.dtype)
     false = jnp.zeros((), bool)
 
@@ -84,11 +128,11 @@ def reverse_kl_to(
         surrogate = population_reverse_kl(q_proj, p_proj, setup.quadrature_order)
         return surrogate, Estimate(sg(surrogate), false, one)
 
-    k_replay, k_label, k_eps = jax.random.split(key, 3)
     beta = q.old_weight
+    assert noise.eps is not None
 
     if setup.sampling == "stratified":
-        x_old, x_new = component_draws(q, k_eps, setup)
+        x_old, x_new = components_at(q, noise.eps)
         if setup.estimator == "pathwise":
             f_old, f_new = f(x_old), f(x_new)
             surrogate = beta * jnp.mean(f_old) + (1 - beta) * jnp.mean(f_new)
@@ -106,7 +150,7 @@ def reverse_kl_to(
         return surrogate, Estimate(loss, false, one)
 
     # x is reparameterised within its component (pathwise); the label carries no gradient
-    x, is_old = draw_ancestral(q, k_label, k_eps, setup)
+    x, is_old = ancestral_at(q, noise)
     if setup.estimator == "pathwise":
         fx = f(x)
         log_label = jnp.where(is_old, jnp.log(beta), jnp.log1p(-beta))
@@ -121,8 +165,9 @@ def reverse_kl_to(
         advantage = fx - leave_one_out_mean(fx)
         surrogate = jnp.mean(advantage * q.log_prob(x))
         return surrogate, Estimate(jnp.mean(fx), ~jnp.any(is_old), one)
-    replayed = bernoulli(k_replay, replay_ratio, setup)
-    x_replay, _ = component_draws(p_old, k_eps, setup)
+    assert noise.replay is not None
+    replayed = noise.replay < replay_ratio
+    x_replay, _ = components_at(p_old, noise.eps)
     x = sg(jnp.where(replayed[:, None], x_replay, x))
     omega = sg(jnp.exp(replay_log_weight(q, p_old, x, replay_ratio)))
     fx = sg(f(x))
@@ -131,6 +176,61 @@ def reverse_kl_to(
     loss = jnp.mean(omega * fx)
     starved = ~jnp.any(is_old | replayed)
     return surrogate, Estimate(loss, starved, jnp.max(omega))
+
+
+def reverse_kl_gradient(setup: Setup):
+    r"""Hand-written gradient of the pathwise, ancestral surrogate
+        $rac1B\sum_i [f(x_i(	heta)) + A_i \log\pi_{z_i}]$, $f = \log q_	heta - \log p^*$,
+        $x_i = m_{z_i} + s_{z_i}\epsilon_i$, $A_i = f_i - ar f_{-i}$ (stop-gradient):
+
+        $
+    abla_	heta f(x_i) = \partial_	heta \log q_	heta(x_i) + (
+    abla_x \log q_	heta -
+    abla_x \log p^*)(x_i)
+        \cdot \partial_	heta x_i$ with $\partial_{m_z} x_i = I$, $\partial_{s_z} x_i = \epsilon_i$ for the
+        sample's own component, and $\partial_a \log\pi_z = [z = o] - eta$ (logit) or
+        $[z=o]/eta - [z=n]/(1-eta)$ (beta), all through `gaussian.mixture_log_density_vjp`. None
+        (autodiff of `reverse_kl_given`) for the other estimators and the uni-modal learner.
+        Returns `gradient(params, hyper, noise, companion) -> (grads, Estimate)`."""
+    if setup.estimator != "pathwise" or setup.sampling != "ancestral" or setup.learner_modes != 2:
+        return None
+    logit = setup.weight_param == "logit"
+
+    def gradient(params: LearnerParams, hyper: Hyper, noise: Noise, companion=None):
+        q = learner_mixture(params, setup)
+        target = target_mixture(hyper, setup)
+        beta = old_weight(params, setup)
+        x, is_old = ancestral_at(q, noise)
+        assert noise.eps is not None
+        c = jnp.full(is_old.shape, 1.0 / setup.batch_size, setup.dtype)
+        log_q, (d_w, d_mo, d_mn, d_so, d_sn), dx_q = mixture_log_density_vjp(
+            x, c, beta, q.old_mean, q.new_mean, q.old_scale, q.new_scale, logit_weight=logit
+        )
+        log_p, _, dx_p = mixture_log_density_vjp(
+            x,
+            c,
+            target.old_weight,
+            target.old_mean,
+            target.new_mean,
+            target.old_scale,
+            target.new_scale,
+            logit_weight=False,
+        )
+        fx = log_q - log_p
+        advantage = fx - leave_one_out_mean(fx)
+        g = dx_q - dx_p  # (1/B) grad_x f at each sample
+        old = is_old[:, None]
+        d_mo = d_mo + jnp.sum(jnp.where(old, g, 0.0), axis=0)
+        d_mn = d_mn + jnp.sum(jnp.where(old, 0.0, g), axis=0)
+        g_eps = jnp.sum(g * noise.eps, axis=-1)
+        d_so = d_so + jnp.sum(jnp.where(is_old, g_eps, 0.0))
+        d_sn = d_sn + jnp.sum(jnp.where(is_old, 0.0, g_eps))
+        label_score = is_old.astype(beta.dtype) - beta if logit else jnp.where(is_old, 1.0 / beta, -1.0 / (1.0 - beta))
+        d_w = d_w + jnp.sum(c * advantage * label_score)
+        one = jnp.ones((), setup.dtype)
+        return LearnerParams(d_w, d_mo, d_mn, d_so, d_sn), Estimate(jnp.mean(fx), ~jnp.any(is_old), one)
+
+    return gradient
 
 
 def _replay_estimator_rule(v) -> str | None:
@@ -160,5 +260,8 @@ REVERSE_KL = register(
             ),
         ),
         supports_replay=True,
+        draw=draw_reverse_kl,
+        estimate=reverse_kl_given,
+        gradient=reverse_kl_gradient,
     )
 )

@@ -49,7 +49,7 @@ from ..limits import Limits, check_limits
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
-from ..train import PER_CONFIG_OUTPUTS, make_segments, precision
+from ..train import PER_CONFIG_OUTPUTS, make_segments, precision, seed_layout
 from . import extend as extend_mod
 from . import interrupts
 from .checks import start_warnings
@@ -128,14 +128,18 @@ class RunContext:
             self.on_advance(config_steps)
 
 
-def _compiled(setup, hyper, devices):
-    """AOT-compile the segment programs for this Setup, batch size and device set.
+def _compiled(setup, hyper, noise, devices):
+    """AOT-compile the segment programs for this Setup, batch size, noise layout and device set.
 
     Every leaf of the carry (and of `hyper`) has the configuration axis first and is sharded
     along it, in and out of every program (explicit shardings: a checkpointed carry is put back
     exactly as a fresh one, and a segment's output feeds the next segment unchanged). The segment
-    bounds are replicated scalars. Returns ((init, segment, finish), seconds)."""
-    key = (setup, int(hyper.separation.shape[0]), tuple((d.platform, d.id) for d in devices))
+    bounds are replicated scalars. `noise` is () (every configuration draws its own noise) or
+    (noise_seeds, seed_slot) of `train.seed_layout`: the seed table replicated (each device draws
+    it; it is small by construction), the slots sharded with the configurations.
+    Returns ((init, segment, finish), seconds)."""
+    table = int(noise[0].shape[0]) if noise else None
+    key = (setup, int(hyper.separation.shape[0]), table, tuple((d.platform, d.id) for d in devices))
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
@@ -143,9 +147,10 @@ def _compiled(setup, hyper, devices):
     replicated = jax.sharding.NamedSharding(sharded.mesh, jax.sharding.PartitionSpec())
     init_fn, segment_fn, finish_fn = make_segments(setup)
     init_b = jax.jit(jax.vmap(init_fn), in_shardings=sharded, out_shardings=sharded)
+    noise_axes, noise_shardings = ((None, 0), (replicated, sharded)) if noise else ((), ())
     segment_b = jax.jit(
-        jax.vmap(segment_fn, in_axes=(0, 0, None, None)),
-        in_shardings=(sharded, sharded, replicated, replicated),
+        jax.vmap(segment_fn, in_axes=(0, 0, None, None, *noise_axes)),
+        in_shardings=(sharded, sharded, replicated, replicated, *noise_shardings),
         out_shardings=sharded,
         donate_argnums=0,
     )
@@ -153,7 +158,7 @@ def _compiled(setup, hyper, devices):
     init = init_b.lower(hyper).compile()
     carry = jax.eval_shape(init_b, hyper)
     bound = jax.ShapeDtypeStruct((), jnp.int32)
-    segment = segment_b.lower(carry, hyper, bound, bound).compile()
+    segment = segment_b.lower(carry, hyper, bound, bound, *noise).compile()
     finish = finish_b.lower(carry).compile()
     seconds = time.perf_counter() - start
     _COMPILED[key] = (init, segment, finish)
@@ -208,7 +213,9 @@ def run_block(
 
 def _block_hyper(plan: Plan, values: dict, config, setup, devices):
     """The block's `Hyper` batch, padded to the plan's block size (a multiple of the device count,
-    the last configuration repeated) and sharded over the devices; returns (hyper, n, padded)."""
+    the last configuration repeated) and sharded over the devices, and its noise layout (() or
+    (noise_seeds, seed_slot), `train.seed_layout`: the draws once per seed of the block); returns
+    (hyper, noise, n, padded)."""
     n = len(values["seed"])
     padded = math.ceil(math.prod(plan.chunk_shape) / len(devices)) * len(devices)
     take = np.minimum(np.arange(padded), n - 1)
@@ -217,14 +224,20 @@ def _block_hyper(plan: Plan, values: dict, config, setup, devices):
         column = np.asarray(values[name], dtype=np.float64) if name in values else np.full(n, getattr(config, name))
         arrays[name] = column[take]
     arrays["seed"] = np.asarray(values["seed"], dtype=np.int64)[take]
-    hyper = jax.device_put(make_hyper(setup.dtype, **arrays), _mesh_sharding(devices))
-    return hyper, n, padded
+    sharded = _mesh_sharding(devices)
+    hyper = jax.device_put(make_hyper(setup.dtype, **arrays), sharded)
+    noise_seeds, seed_slot = seed_layout(setup, arrays["seed"])
+    noise: tuple = ()
+    if noise_seeds is not None:
+        replicated = jax.sharding.NamedSharding(sharded.mesh, jax.sharding.PartitionSpec())
+        noise = (jax.device_put(noise_seeds, replicated), jax.device_put(seed_slot, sharded))
+    return hyper, noise, n, padded
 
 
 def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunContext, subset):
-    hyper, n, padded = _block_hyper(plan, values, config, setup, devices)
+    hyper, noise, n, padded = _block_hyper(plan, values, config, setup, devices)
     ctx.status(f"block {block.index}: compiling")
-    (init, segment, finish), compile_s = _compiled(setup, hyper, devices)
+    (init, segment, finish), compile_s = _compiled(setup, hyper, noise, devices)
     if interrupts.requested():
         raise _interrupted(ctx, block, None)
     num_logs = setup.num_logs
@@ -251,7 +264,7 @@ def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunCo
         stop = start + clock.length(start, num_logs)
         ctx.status(f"block {block.index}: log points {start}-{stop - 1} of {num_logs}")
         t1 = time.perf_counter()
-        carry = segment(carry, hyper, jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32))
+        carry = segment(carry, hyper, jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32), *noise)
         host = jax.tree.map(np.asarray, carry) if (ctx.out is not None and stop < num_logs) else None
         jax.block_until_ready(carry)
         seconds = time.perf_counter() - t1
@@ -653,13 +666,15 @@ def probe_block(spec: SweepSpec, plan: Plan, block: Block, devices=None) -> dict
     values = block_values(spec, block)
     config, setup = _block_setup(spec, values)
     with _running(setup):
-        hyper, _n, padded = _block_hyper(plan, values, config, setup, devices)
-        (init, segment, _finish), compile_s = _compiled(setup, hyper, devices)
+        hyper, noise, _n, padded = _block_hyper(plan, values, config, setup, devices)
+        (init, segment, _finish), compile_s = _compiled(setup, hyper, noise, devices)
         carry = init(hyper)
         carry_bytes = int(sum(x.nbytes for x in jax.tree.leaves(carry)))
         stop = min(2, setup.num_logs)
         t0 = time.perf_counter()
-        carry = jax.block_until_ready(segment(carry, hyper, jnp.asarray(0, jnp.int32), jnp.asarray(stop, jnp.int32)))
+        carry = jax.block_until_ready(
+            segment(carry, hyper, jnp.asarray(0, jnp.int32), jnp.asarray(stop, jnp.int32), *noise)
+        )
         seconds = time.perf_counter() - t0
     return dict(
         compile_s=compile_s,

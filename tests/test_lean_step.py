@@ -1,0 +1,168 @@
+"""The lean step (issue 9): noise split from arithmetic, drawn once per seed, and hand-written
+gradients (docs/science/objectives.md, "Noise").
+
+* hand-written gradients of the FKL / RKL Monte Carlo surrogates equal the autodiff of the same
+  surrogate (the oracle) to float64 rounding, at random parameters and draws;
+* the seed-shared loop gives every configuration the draws of its own seed: a batch whose grid
+  points share seeds equals each configuration run alone (per-configuration draws) to float
+  rounding, whatever else is in the batch;
+* `independent_noise`: grid points with one seed get different streams, a configuration's
+  stream is a function of its own seed and values;
+* `seed_layout` / `noise_chunks`: when the noise is shared and how it is cut into tables.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from forget_jax import train
+from forget_jax.model import LearnerParams
+from forget_jax.objectives import get_objective
+from forget_jax.spec import Setup, make_hyper
+
+GRADIENT_CASES = [
+    (objective, weight, sampling, dim)
+    for objective, samplings in (("fkl", ("ancestral", "stratified")), ("rkl", ("ancestral",)))
+    for weight in ("logit", "direct", "replicator")
+    for sampling in samplings
+    for dim in (1, 3)
+]
+
+
+def _random_point(rng: np.random.Generator, setup: Setup):
+    """Random parameters (both means off the target, unequal scales in d = 1) and a random target."""
+    d = setup.dim
+    beta = rng.uniform(0.05, 0.95)
+    weight = np.log(beta / (1 - beta)) if setup.weight_param == "logit" else beta
+    scales = rng.uniform(0.5, 2.0, 2) if d == 1 else np.full(2, 1.0)
+    params = LearnerParams(
+        weight=jnp.asarray(weight),
+        old_mean=jnp.asarray(rng.normal(0.0, 1.0, d)),
+        new_mean=jnp.asarray(rng.normal(3.0, 1.0, d)),
+        old_scale=jnp.asarray(scales[0]),
+        new_scale=jnp.asarray(scales[1]),
+    )
+    hyper = jax.tree.map(
+        jnp.asarray,
+        make_hyper(
+            np.float64,
+            separation=rng.uniform(1.0, 5.0),
+            replay_ratio=rng.uniform(0.0, 0.4) if setup.objective == "fkl" else 0.0,
+            target_old_weight=rng.uniform(0.2, 0.8),
+        ),
+    )
+    return params, hyper
+
+
+@pytest.mark.parametrize(("objective", "weight", "sampling", "dim"), GRADIENT_CASES)
+def test_hand_written_gradient_equals_autodiff(objective, weight, sampling, dim):
+    setup = Setup(
+        objective=objective,
+        estimator="pathwise",
+        sampling=sampling,
+        weight_param=weight,
+        dim=dim,
+        train_scales=dim == 1,
+        batch_size=16,
+        x64=True,
+    )
+    obj = get_objective(objective)
+    hand = obj.gradient(setup) if obj.gradient is not None else None
+    assert hand is not None and obj.estimate is not None and obj.draw is not None
+    rng = np.random.default_rng(abs(hash((objective, weight, sampling, dim))) % 2**32)
+    with jax.enable_x64(True):
+        for k in range(4):
+            params, hyper = _random_point(rng, setup)
+            noise = obj.draw(jax.random.key(k), setup)
+            oracle, oracle_est = jax.grad(obj.estimate, has_aux=True)(params, hyper, setup, noise, params)
+            grads, est = hand(params, hyper, noise, params)
+            for name in ("weight", "old_mean", "new_mean", "old_scale", "new_scale"):
+                want, got = np.asarray(getattr(oracle, name)), np.asarray(getattr(grads, name))
+                # float64 rounding of O(1) sums over 16-32 samples
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=f"d/d {name}")
+            np.testing.assert_allclose(float(est.loss), float(oracle_est.loss), rtol=1e-12)
+            assert bool(est.starved) == bool(oracle_est.starved)
+
+
+def test_no_hand_written_gradient_where_autodiff_is_kept():
+    fkl, rkl = get_objective("fkl"), get_objective("rkl")
+    assert fkl.gradient is not None and rkl.gradient is not None
+    assert fkl.gradient(Setup(objective="fkl", estimator="population")) is None
+    assert fkl.gradient(Setup(objective="fkl", learner_modes=1)) is None
+    assert rkl.gradient(Setup(objective="rkl", estimator="score")) is None
+
+
+STEPS, LOG_EVERY = 60, 20  # three log intervals; noise tables of 20 steps
+
+
+@pytest.mark.parametrize(
+    "static",
+    [
+        dict(objective="fkl", estimator="pathwise", sampling="ancestral"),
+        dict(objective="rkl", estimator="score", sampling="ancestral", optimizer="adam"),  # autodiff, replay
+    ],
+    ids=["fkl-hand-gradient", "rkl-score-adam"],
+)
+def test_seed_shared_noise_equals_each_configuration_alone(static):
+    setup = Setup(steps=STEPS, log_every=LOG_EVERY, batch_size=16, **static)
+    # 16 grid points x 4 seeds: the noise table has 4 rows (4 <= 0.25 * 64)
+    n_grid, n_seeds = 16, 4
+    replay = 0.2 if static["estimator"] == "score" else 0.0
+    hyper = make_hyper(
+        separation=np.repeat(np.linspace(1.0, 5.0, n_grid), n_seeds),
+        learning_rate=np.repeat(np.linspace(0.02, 0.2, n_grid), n_seeds),
+        replay_ratio=replay,
+        seed=np.tile(np.arange(n_seeds) + 11, n_grid),
+    )
+    table, slots = train.seed_layout(setup, hyper.seed)
+    assert table is not None and slots is not None and len(table) == n_seeds
+    shared = train.simulate(setup, hyper)
+    for i in (5, 62):  # each alone: its own per-configuration draws, no other grid point
+        alone = train.simulate_one(setup, jax.tree.map(lambda x, i=i: x[i], hyper))
+        for name in ("old_weight", "old_drift", "loss"):
+            # float32 rounding of the same arithmetic fused differently
+            np.testing.assert_allclose(shared[name][i], alone[name], rtol=2e-5, atol=2e-6, err_msg=f"{name}[{i}]")
+
+
+def test_independent_noise_gives_grid_points_their_own_streams():
+    setup = Setup(objective="fkl", estimator="pathwise", independent_noise=True)
+    common = Setup(objective="fkl", estimator="pathwise")
+    hyper = make_hyper(learning_rate=[0.1, 0.2, 0.1], seed=[3, 3, 3])
+    one = lambda i: jax.tree.map(lambda x: jnp.asarray(x[i]), hyper)
+    data = lambda s, i: np.asarray(jax.random.key_data(train.run_key(one(i), s)))
+    assert np.array_equal(data(common, 0), data(common, 1))  # common random numbers
+    assert not np.array_equal(data(setup, 0), data(setup, 1))  # own stream per grid point
+    assert np.array_equal(data(setup, 0), data(setup, 2))  # a function of its own values
+    assert train.seed_layout(setup, hyper.seed) == (None, None)  # never shared
+
+
+def test_seed_layout_shares_only_where_it_pays():
+    setup = Setup(objective="fkl", estimator="pathwise")
+    seeds = np.repeat([7, 3, 5], 8)  # 3 distinct seeds -> a table of 4 (power of two)
+    table, slots = train.seed_layout(setup, seeds)
+    assert table is not None and slots is not None
+    assert len(table) == 4 and set(table) == {3, 5, 7}
+    np.testing.assert_array_equal(table[slots], seeds)
+    assert train.seed_layout(setup, np.arange(16)) == (None, None)  # every configuration its own seed
+    assert train.seed_layout(Setup(objective="fkl", estimator="population"), seeds) == (None, None)  # no draws
+    assert train.seed_layout(Setup(objective="oapl", oapl_reuse_batch=True), seeds) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("log_every", "seeds", "batch", "expect"),
+    [
+        (20, 4, 16, (20, 1, 0)),  # a whole interval in one table
+        (200, 4, 64, (50, 4, 0)),  # the largest divisor <= 64
+        (67, 4, 64, (64, 1, 3)),  # prime: 64-step tables and a remainder
+        (1000, 4096, 512, (2, 500, 0)),  # table capped at NOISE_TABLE_ELEMENTS numbers
+    ],
+)
+def test_noise_chunks(log_every, seeds, batch, expect):
+    setup = Setup(objective="fkl", estimator="pathwise", steps=2 * log_every, log_every=log_every, batch_size=batch)
+    chunk, full, rest = train.noise_chunks(setup, seeds)
+    assert (chunk, full, rest) == expect
+    assert chunk * full + rest == log_every
+    assert seeds * chunk * batch * setup.dim <= max(train.NOISE_TABLE_ELEMENTS, seeds * batch * setup.dim)
