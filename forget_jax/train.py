@@ -51,7 +51,7 @@ from . import items
 from ._types import Array, Bool, Int, PRNGKeyArray, Scalar
 from .metrics import METRIC_NAMES, measure, old_drift
 from .model import LearnerParams, init_params, target_mixture
-from .objectives import get_objective
+from .objectives import get_objective, keep_companion
 from .spec import SEED, Hyper, Setup
 from .update import apply_update, make_optimizer
 
@@ -218,6 +218,7 @@ def make_segments(
     optimizer = make_optimizer(setup)
     gradient = objective.noise_gradient(setup)
     value = objective.noise_value(setup)
+    moving_companion = objective.companion_update is not keep_companion
 
     def init(hyper: Hyper) -> Carry:
         nan = jnp.asarray(jnp.nan, setup.dtype)
@@ -253,8 +254,12 @@ def make_segments(
         def step(state: TrainState, t, noise) -> tuple[TrainState, None]:
             grads, estimate = gradient(state.params, hyper, noise, state.companion)
             params, opt_state = apply_update(state.params, grads, state.opt_state, hyper, setup, optimizer)
-            companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
-            reason = _state_reason((params, companion, opt_state), params, hyper, setup)
+            if moving_companion:
+                companion = objective.companion_update(state.companion, params, t + 1, hyper, setup)
+                reason = _state_reason((params, companion, opt_state), params, hyper, setup)
+            else:  # theta(0) stays as it is: nothing to update or check
+                companion = state.companion
+                reason = _state_reason((params, opt_state), params, hyper, setup)
             stepped = TrainState(
                 params=params,
                 companion=companion,
