@@ -390,6 +390,19 @@ def precision(setup: Setup):
     return jax.enable_x64(True) if setup.x64 else contextlib.nullcontext()
 
 
+#: XLA options for the training programs on CPU: no YNNPACK fusions. XLA CPU otherwise hands the
+#: per-step reductions over the batch (B numbers per configuration) to YNNPACK one small row at a
+#: time; XLA's own loops run the FKL step about 2x faster (benchmarks/README.md, "compiler options").
+CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(platform: str | None = None) -> dict[str, str] | None:
+    """The XLA options of the training programs for a platform (default: JAX's default backend):
+    CPU_COMPILER_OPTIONS on CPU, none elsewhere. Pass to `jax.jit(..., compiler_options=...)`."""
+    platform = platform or jax.default_backend()
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
+
+
 def _with_noise_layout(batched: Callable, positional: int) -> Callable:
     """`batched` with its last two arguments (noise_seeds, seed_slot of `seed_layout`) optional
     (None: every configuration draws its own noise)."""
@@ -407,7 +420,9 @@ def compiled_batch(setup: Setup) -> Any:
     """`jit(vmap(train))` for a Setup, called as `(hyper)` or `(hyper, noise_seeds, seed_slot)`
     (`seed_layout`): one compiled program per (Setup, batch size, noise layout). Call it
     inside `precision(setup)`."""
-    return jax.jit(_with_noise_layout(jax.vmap(make_train(setup), in_axes=(0, None, 0)), 1))
+    return jax.jit(
+        _with_noise_layout(jax.vmap(make_train(setup), in_axes=(0, None, 0)), 1), compiler_options=compiler_options()
+    )
 
 
 @lru_cache(maxsize=64)
@@ -420,15 +435,19 @@ def compiled_segments(setup: Setup) -> tuple[Any, Any, Any]:
     `precision(setup)`."""
     init, segment, finish = make_segments(setup)
     return (
-        jax.jit(jax.vmap(init)),
-        jax.jit(_with_noise_layout(jax.vmap(segment, in_axes=(0, 0, None, None, None, 0)), 4), donate_argnums=0),
+        jax.jit(jax.vmap(init), compiler_options=compiler_options()),
+        jax.jit(
+            _with_noise_layout(jax.vmap(segment, in_axes=(0, 0, None, None, None, 0)), 4),
+            donate_argnums=0,
+            compiler_options=compiler_options(),
+        ),
         jax.jit(jax.vmap(finish)),
     )
 
 
 @lru_cache(maxsize=64)
 def _compiled_single(setup: Setup) -> Callable[[Hyper], Trajectory]:
-    return jax.jit(make_train(setup))
+    return jax.jit(make_train(setup), compiler_options=compiler_options())
 
 
 def _device_hyper(setup: Setup, hyper: Hyper) -> Hyper:

@@ -49,7 +49,7 @@ from ..limits import Limits, check_limits
 from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
 from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
-from ..train import PER_CONFIG_OUTPUTS, make_segments, precision, seed_layout
+from ..train import PER_CONFIG_OUTPUTS, compiler_options, make_segments, precision, seed_layout
 from . import extend as extend_mod
 from . import interrupts
 from .checks import start_warnings
@@ -146,13 +146,15 @@ def _compiled(setup, hyper, noise, devices):
     sharded = _mesh_sharding(devices)
     replicated = jax.sharding.NamedSharding(sharded.mesh, jax.sharding.PartitionSpec())
     init_fn, segment_fn, finish_fn = make_segments(setup)
-    init_b = jax.jit(jax.vmap(init_fn), in_shardings=sharded, out_shardings=sharded)
+    options = compiler_options(devices[0].platform)
+    init_b = jax.jit(jax.vmap(init_fn), in_shardings=sharded, out_shardings=sharded, compiler_options=options)
     noise_axes, noise_shardings = ((None, 0), (replicated, sharded)) if noise else ((), ())
     segment_b = jax.jit(
         jax.vmap(segment_fn, in_axes=(0, 0, None, None, *noise_axes)),
         in_shardings=(sharded, sharded, replicated, replicated, *noise_shardings),
         out_shardings=sharded,
         donate_argnums=0,
+        compiler_options=options,
     )
     finish_b = jax.jit(jax.vmap(finish_fn), in_shardings=sharded, out_shardings=sharded)
     init = init_b.lower(hyper).compile()
