@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from forget_jax import train
-from forget_jax.model import LearnerParams
+from forget_jax.model import LearnerParams, init_params
 from forget_jax.objectives import get_objective
+from forget_jax.objectives.registry import OBJECTIVES, step_key
 from forget_jax.spec import Setup, make_hyper
 
 GRADIENT_CASES = [
@@ -166,3 +167,109 @@ def test_noise_chunks(log_every, seeds, batch, expect):
     assert (chunk, full, rest) == expect
     assert chunk * full + rest == log_every
     assert seeds * chunk * batch * setup.dim <= max(train.NOISE_TABLE_ELEMENTS, seeds * batch * setup.dim)
+
+
+def _ancestral_stream(key, b, d, dtype):
+    """sample_ancestral's stream: (label key, noise key) = split(key); label ~ U(0, 1), eps ~ N(0, I)."""
+    label_key, noise_key = jax.random.split(key)
+    return dict(eps=jax.random.normal(noise_key, (b, d), dtype), label=jax.random.uniform(label_key, (b,), dtype))
+
+
+def _stratified_stream(key, b, d, dtype):
+    """component_draws at the ancestral noise key: eps ~ N(0, I) from split(key)[1]."""
+    return dict(eps=jax.random.normal(jax.random.split(key)[1], (b, d), dtype))
+
+
+def _rkl_stream(with_replay):
+    """reverse_kl's stream: (replay, label, eps) keys = split(key, 3)."""
+
+    def stream(key, b, d, dtype):
+        k_replay, k_label, k_eps = jax.random.split(key, 3)
+        out = dict(eps=jax.random.normal(k_eps, (b, d), dtype), label=jax.random.uniform(k_label, (b,), dtype))
+        return {**out, "replay": jax.random.uniform(k_replay, (b,), dtype)} if with_replay else out
+
+    return stream
+
+
+def _own_key_stream(key, b, d, dtype):
+    """chen2025_reinforce: eps ~ N(0, I) from the step key itself (no split)."""
+    return dict(eps=jax.random.normal(key, (b, d), dtype))
+
+
+#: (static setup, the stream the key-based sampler of that branch draws, documented in each
+#: objective's draw; hyper values a second configuration differs in).
+DRAW_CASES = {
+    "fkl-ancestral": (dict(objective="fkl", estimator="pathwise"), _ancestral_stream, dict(replay_ratio=0.3)),
+    "rkl-score-replay": (dict(objective="rkl", estimator="score"), _rkl_stream(True), dict(replay_ratio=0.3)),
+    "sdft-reverse-score": (dict(objective="sdft", estimator="score"), _rkl_stream(False), dict(teacher_anchor=0.5)),
+    "sdft-forward-stratified": (
+        dict(objective="sdft", estimator="score", sdft_direction="forward", sampling="stratified"),
+        _stratified_stream,
+        dict(sdft_is_cap=1.5),
+    ),
+    "ttt_discover-score": (dict(objective="ttt_discover", estimator="score"), _ancestral_stream, dict(kl_penalty=0.5)),
+    "chen2025_fkl": (dict(objective="chen2025_fkl", estimator="pathwise"), _ancestral_stream, dict(replay_ratio=0.3)),
+    "chen2025_rkl": (dict(objective="chen2025_rkl", estimator="score"), _own_key_stream, dict(reward_temperature=0.5)),
+    "oapl-score": (dict(objective="oapl", estimator="score"), _ancestral_stream, dict(oapl_beta2=0.5)),
+}
+
+
+def test_every_objective_with_a_draw_has_a_draw_case():
+    with_draw = {name for name, o in OBJECTIVES.items() if o.draw is not None}
+    assert with_draw <= {static["objective"] for static, _, _ in DRAW_CASES.values()}
+
+
+@pytest.mark.parametrize("case", list(DRAW_CASES))
+def test_loss_is_the_estimate_at_the_draw_of_the_key_alone(case):
+    """draw(key) is the stream the key-based sampler of the branch drew (jax.random directly,
+    bitwise), and loss(theta, h, key) == estimate(theta, h, draw(key)) bitwise (surrogate and
+    Estimate) for two configurations (different theta, companion and hyper values) through one
+    compiled program with theta and h as arguments: the loss's draws are draw(key), read from the
+    key alone."""
+    static, stream, other = DRAW_CASES[case]
+    setup = Setup(batch_size=8, dim=2, group_size=4, **static)
+    obj = get_objective(setup.objective)
+    assert obj.draw is not None and obj.estimate is not None
+    estimate, loss = obj.estimate, obj.loss
+
+    @jax.jit
+    def both(params, hyper, key, companion):
+        # one program: the noise passed in as data instead fuses differently (float rounding,
+        # the seed-shared loop's case, test_seed_shared_noise_equals_each_configuration_alone)
+        noise = obj.draw(key, setup)  # type: ignore[misc]
+        return noise, loss(params, hyper, setup, key, companion), estimate(params, hyper, setup, noise, companion)
+
+    key = jax.random.key(3)
+    want = stream(key, setup.batch_size, setup.dim, setup.dtype)
+    surrogates = []
+    for shift, values in ((0.0, {}), (0.4, other)):
+        hyper = jax.tree.map(jnp.asarray, make_hyper(separation=2.0 + shift, **values))
+        params = jax.tree.map(lambda a, s=shift: a + s, init_params(hyper, setup))
+        companion = jax.tree.map(lambda a, s=shift: a - 0.5 * s, params)
+        noise, by_key, by_noise = both(params, hyper, key, companion)
+        got = {name: leaf for name in ("eps", "label", "replay") if (leaf := getattr(noise, name)) is not None}
+        assert set(got) == set(want), case
+        for name, value in want.items():
+            assert np.array_equal(np.asarray(got[name]), np.asarray(value)), f"{case}: {name} is not the old stream"
+        for x, y in zip(jax.tree.leaves(by_key), jax.tree.leaves(by_noise), strict=True):
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), case
+        surrogates.append(float(by_key[0]))
+    assert surrogates[0] != surrogates[1]  # the two configurations differ
+
+
+def test_oapl_fresh_batches_share_noise_reused_batches_do_not():
+    """OAPL without batch reuse keys step t by fold_in(run_key, t) (= step_key) for every lag, so
+    its draws are seed-shared; with reuse the key reads the traced lag, so they are not."""
+    fresh = Setup(objective="oapl", estimator="score")
+    reuse = Setup(objective="oapl", estimator="score", oapl_reuse_batch=True)
+    obj = get_objective("oapl")
+    assert obj.seed_shared(fresh) and not obj.seed_shared(reuse)
+    run = jax.random.key(5)
+    for lag in (1.0, 3.0, 10.0):
+        hyper = jax.tree.map(jnp.asarray, make_hyper(oapl_lag=lag))
+        for t in (0, 4, 31):
+            got = jax.random.key_data(obj.batch_key(run, jnp.asarray(t), hyper, fresh))
+            assert np.array_equal(np.asarray(got), np.asarray(jax.random.key_data(step_key(run, t, hyper, fresh))))
+    hyper = jax.tree.map(jnp.asarray, make_hyper(oapl_lag=3.0))
+    k4 = jax.random.key_data(obj.batch_key(run, jnp.asarray(4), hyper, reuse))
+    assert np.array_equal(np.asarray(k4), np.asarray(jax.random.key_data(step_key(run, 1, hyper, reuse))))  # 4 // 3

@@ -34,8 +34,8 @@ from ..gaussian import log_normal
 from ..model import LearnerParams, learner_mixture, target_mixture, training_mixture
 from ..presets import chen2025_config
 from ..spec import Hyper, Setup
-from ._common import Estimate, component_draws, sample_ancestral
-from .forward_kl import forward_kl
+from ._common import Estimate, Noise, ancestral_at, components_at, standard_normal
+from .forward_kl import draw_forward_kl, forward_kl_given
 from .registry import Objective, register
 
 sg = jax.lax.stop_gradient
@@ -44,30 +44,55 @@ sg = jax.lax.stop_gradient
 TINY = 1e-12
 
 
+def draw_chen2025_fkl(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The draws of `forward_kl` (`draw_forward_kl`): label and eps (ancestral), eps (stratified)."""
+    return draw_forward_kl(key, setup)
+
+
 def chen2025_fkl(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
+    """`chen2025_fkl_given` at the draws of `draw_chen2025_fkl(key)`."""
+    return chen2025_fkl_given(params, hyper, setup, draw_chen2025_fkl(key, setup), companion)
+
+
+def chen2025_fkl_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
     """Surrogate -mean(log(q_theta(x) + 1e-12)), x ~ p_train (ancestral; their preset has
-    lambda = 0, i.e. the target's new component only). Same draws as `forward_kl`.
+    lambda = 0, i.e. the target's new component only), at the draws of `forward_kl`.
 
     Uni-modal learner (`learner_modes: 1`): their `run_single_mode.py::fit_forward_kl` uses the
     exact score (x - mu) / s^2 of log N(x; mu, s^2), without the floor, so this is plain
     `forward_kl` (the floor would matter: q(x) < 1e-12 for most target samples at the start)."""
     if setup.estimator == "population" or setup.sampling != "ancestral" or setup.learner_modes == 1:
-        return forward_kl(params, hyper, setup, key)
+        return forward_kl_given(params, hyper, setup, noise)
     q = learner_mixture(params, setup)
     p_train = training_mixture(hyper, setup)
-    x, replayed = sample_ancestral(p_train, key, setup)
+    x, replayed = ancestral_at(p_train, noise)
     log_q = q.log_prob(x)
     floored = jnp.logaddexp(log_q, jnp.log(jnp.asarray(TINY, setup.dtype)))
     loss = jnp.mean(p_train.log_prob(x) - log_q)
     return -jnp.mean(floored), Estimate(sg(loss), ~jnp.any(replayed), jnp.ones((), setup.dtype))
 
 
+def draw_chen2025_reinforce(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The step's draws: eps = B standard normals from the step key itself (no split)."""
+    return Noise(eps=standard_normal(key, setup))
+
+
 def chen2025_reinforce(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component).
+    """`chen2025_reinforce_given` at the draws of `draw_chen2025_reinforce(key)`."""
+    return chen2025_reinforce_given(params, hyper, setup, draw_chen2025_reinforce(key, setup), companion)
+
+
+def chen2025_reinforce_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams | None = None
+) -> tuple[Scalar, Estimate]:
+    """Surrogate -mean(sg(R iw) log q_theta(x)), x ~ N(m_n, s_n^2) (learner new component), at
+    x = m_n + s_n eps (`draw_chen2025_reinforce`).
 
     Uni-modal learner (`learner_modes: 1`, their `run_single_mode.py::fit_reinforce`): x ~ q =
     N(m, s^2), reward R = log(p_2(x) / (q(x) + 1e-12) / tau + 1e-12), no importance weight, ascent
@@ -77,15 +102,16 @@ def chen2025_reinforce(
     q = learner_mixture(params, setup)
     target = target_mixture(hyper, setup)
     log_tiny = jnp.log(jnp.asarray(TINY, setup.dtype))
+    assert noise.eps is not None
     if setup.learner_modes == 1:
-        x = sg(component_draws(q, key, setup)[0])
+        x = sg(components_at(q, noise.eps)[0])
         log_q = q.log_prob(x)
         log_p2 = log_normal(x, target.new_mean, target.new_scale)
         floored_q = jnp.logaddexp(log_q, log_tiny)
         reward = jnp.logaddexp(log_p2 - floored_q - jnp.log(hyper.reward_temperature), log_tiny)
         surrogate = -jnp.mean(sg(reward) * log_q)
         return surrogate, Estimate(sg(-jnp.mean(reward)), jnp.zeros((), bool), jnp.ones((), setup.dtype))
-    x = sg(component_draws(q, key, setup)[1])  # the learner's new component only
+    x = sg(components_at(q, noise.eps)[1])  # the learner's new component only
     log_n1, log_n2 = q.component_log_probs(x)
     log_q1 = jnp.log(q.old_weight) + log_n1
     log_q2 = jnp.log1p(-q.old_weight) + log_n2
@@ -113,6 +139,8 @@ CHEN2025_FKL = register(
         rules=(_RULE,),
         preset=chen2025_config("chen2025_fkl"),
         supports_replay=True,
+        draw=draw_chen2025_fkl,
+        estimate=chen2025_fkl_given,
     )
 )
 CHEN2025_RKL = register(
@@ -134,5 +162,7 @@ CHEN2025_RKL = register(
         ),
         rules=(_RULE,),
         preset=chen2025_config("chen2025_rkl"),
+        draw=draw_chen2025_reinforce,
+        estimate=chen2025_reinforce_given,
     )
 )

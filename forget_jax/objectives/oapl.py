@@ -50,17 +50,31 @@ from .._types import PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_expectation
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, population_frame, project_frame, sample_ancestral
+from ._common import Estimate, Noise, ancestral_at, ancestral_noise, population_frame, project_frame
 from .registry import Objective, register
 from .reward import reward_function
 
 sg = jax.lax.stop_gradient
 
 
+def draw_oapl(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The step's draws from its batch key (`oapl_batch_key`): none (population), else label and
+    eps of `ancestral_noise` (the batch is ancestral whatever `sampling` says)."""
+    return Noise() if setup.estimator == "population" else ancestral_noise(key, setup)
+
+
 def oapl(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate (= the regression loss itself) on lagged-policy samples; see module doc."""
+    """`oapl_given` at the draws of `draw_oapl(key)`."""
+    return oapl_given(params, hyper, setup, draw_oapl(key, setup), companion)
+
+
+def oapl_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
+    """Surrogate (= the regression loss itself) on lagged-policy samples at the step's draws
+    (`draw_oapl`); see module doc."""
     q = learner_mixture(params, setup)
     lag = sg(learner_mixture(companion, setup))
     reward = reward_function(hyper, setup)
@@ -78,7 +92,7 @@ def oapl(
         loss = mixture_expectation(lag_p, residual_sq, setup.quadrature_order)
         return loss, Estimate(sg(loss), jnp.zeros((), bool), one)
 
-    x, is_old = sample_ancestral(lag, key, setup)
+    x, is_old = ancestral_at(lag, noise)
     rewards = reward(x).reshape(setup.num_groups, setup.group_size)
     value = b1 * (logsumexp(rewards / b1, axis=-1, keepdims=True) - jnp.log(setup.group_size))
     advantage = (rewards - value).reshape(-1)
@@ -98,8 +112,10 @@ def sync_lagged_policy(
 
 
 def oapl_batch_key(run_key: PRNGKeyArray, step, hyper: Hyper, setup: Setup) -> PRNGKeyArray:
-    """Key of step t: fold_in(run_key, t) (fresh batches), or fold_in(run_key, t // L) under
-    `oapl_reuse_batch` (one batch per sync window; windows [kL, (k + 1) L) end at the syncs)."""
+    """Key of step t: fold_in(run_key, t) (fresh batches: `registry.step_key`, so the loop may
+    draw them once per seed; `batch_key_is_step_key`), or fold_in(run_key, t // L) under
+    `oapl_reuse_batch` (one batch per sync window; windows [kL, (k + 1) L) end at the syncs; L is
+    traced, so these draws stay per configuration)."""
     step = jnp.asarray(step)
     if not setup.oapl_reuse_batch:
         return jax.random.fold_in(run_key, step)
@@ -157,5 +173,8 @@ OAPL = register(
         ),
         companion_update=sync_lagged_policy,
         batch_key=oapl_batch_key,
+        batch_key_is_step_key=lambda setup: not setup.oapl_reuse_batch,
+        draw=draw_oapl,
+        estimate=oapl_given,
     )
 )

@@ -88,6 +88,10 @@ class Objective:
         shares_noise: `shares_noise(setup)`: the step's draws depend on (seed, step) only, so
             grid points that share a seed may share them (only with the default `batch_key`,
             which reads nothing else).
+        batch_key_is_step_key: `batch_key_is_step_key(setup)`: True where a non-default
+            `batch_key` returns exactly `step_key(run_key, t)` for this setup (OAPL without batch
+            reuse), so the setup may share noise as if `batch_key` were the default. None: only
+            the default `batch_key` counts as `step_key`.
     """
 
     name: str
@@ -103,6 +107,7 @@ class Objective:
     estimate: NoiseEstimate | None = None
     gradient: Callable[[Setup], NoiseGradient | None] | None = None
     shares_noise: Callable[[Setup], bool] = lambda setup: True
+    batch_key_is_step_key: Callable[[Setup], bool] | None = None
 
     def noise_gradient(self, setup: Setup) -> NoiseGradient:
         """`(params, hyper, noise, companion) -> (grads, Estimate)` of one step: the hand-written
@@ -137,7 +142,10 @@ class Objective:
     def seed_shared(self, setup: Setup) -> bool:
         """True when the step's noise is `draw(fold_in(key(seed), t), setup)` with array leaves:
         a function of (seed, t) only, which the loop may draw once per seed."""
-        if self.draw is None or self.batch_key is not step_key or not self.shares_noise(setup):
+        default_key = self.batch_key is step_key or (
+            self.batch_key_is_step_key is not None and self.batch_key_is_step_key(setup)
+        )
+        if self.draw is None or not default_key or not self.shares_noise(setup):
             return False
         shape = jax.eval_shape(lambda: self.draw(jax.random.key(0), setup))  # type: ignore[misc]
         return len(jax.tree.leaves(shape)) > 0

@@ -29,7 +29,7 @@ The demonstration is its mean mu_c (no per-step demo sampling): the conditioning
 Loss (static `sdft_direction`; the teacher is never differentiated):
 
 * `reverse` (the paper's theory and BK26's analysis): L_R = E_{y~q_theta}[log q_theta(y) - sg(log T(y))],
-  estimated exactly as `rkl` estimates KL(q || p*) (objectives/reverse_kl.py `reverse_kl_to`:
+  estimated exactly as `rkl` estimates KL(q || p*) (objectives/reverse_kl.py `reverse_kl_at`:
   population quadrature, or Monte Carlo pathwise / score, ancestral / stratified) with T in place of p*.
 * `forward` (what the SDFT results used, per the repo README): L_F = E_{y~T}[log T(y) - log q_theta(y)].
   population: exact by quadrature under T (T's expectation is (1 - a) E_{q_phi} + a E_{p_c}).
@@ -53,9 +53,9 @@ from ..divergence import mixture_expectation
 from ..gaussian import log_normal, logit
 from ..model import LearnerParams, Mixture, learner_mixture, target_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, component_draws, population_frame, sample_ancestral
+from ._common import Estimate, Noise, ancestral_at, ancestral_noise, components_at, population_frame, stratified_noise
 from .registry import Objective, register
-from .reverse_kl import reverse_kl_to
+from .reverse_kl import draw_reverse_kl, reverse_kl_at
 
 sg = jax.lax.stop_gradient
 
@@ -115,19 +115,41 @@ def ema_teacher(companion: LearnerParams, params: LearnerParams, step, hyper: Hy
     return jax.tree.map(lambda c, p: (1 - alpha) * c + alpha * p, companion, params)
 
 
-def sdft(
-    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+def draw_sdft(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The step's draws (a function of the key and the static setup only): none (population);
+    `reverse`: those of `draw_reverse_kl` (eps, and the labels when ancestral; no replay
+    uniforms: SDFT has no replay); `forward`: label and eps of `ancestral_noise` (ancestral) or
+    eps of `stratified_noise` (stratified)."""
+    if setup.estimator == "population":
+        return Noise()
+    if setup.sdft_direction == "reverse":
+        noise = draw_reverse_kl(key, setup)
+        return Noise(eps=noise.eps, label=noise.label)
+    return ancestral_noise(key, setup) if setup.sampling == "ancestral" else stratified_noise(key, setup)
+
+
+def sdft_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate whose gradient estimates grad_theta of the SDFT loss toward T = Cond(q_phi, c)."""
+    """Surrogate whose gradient estimates grad_theta of the SDFT loss toward T = Cond(q_phi, c),
+    given the step's draws (`draw_sdft`)."""
     q = learner_mixture(params, setup)
     t = teacher(companion, hyper, setup)
     if setup.sdft_direction == "reverse":
-        return reverse_kl_to(q, t, setup, key)
-    return _forward(q, t, hyper.sdft_is_cap, setup, key)
+        return reverse_kl_at(q, t, setup, noise)
+    return _forward(q, t, hyper.sdft_is_cap, setup, noise)
 
 
-def _forward(q: Mixture, t: Teacher, cap: Scalar, setup: Setup, key: PRNGKeyArray) -> tuple[Scalar, Estimate]:
-    """Forward KL(T || q_theta): exact by quadrature under T, or capped-IS on student samples."""
+def sdft(
+    params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
+    """`sdft_given` at the draws of `draw_sdft(key)`."""
+    return sdft_given(params, hyper, setup, draw_sdft(key, setup), companion)
+
+
+def _forward(q: Mixture, t: Teacher, cap: Scalar, setup: Setup, noise: Noise) -> tuple[Scalar, Estimate]:
+    """Forward KL(T || q_theta): exact by quadrature under T, or capped-IS on student samples
+    (the stop-gradient student at the step's draws)."""
     one = jnp.ones((), setup.dtype)
     false = jnp.zeros((), bool)
     if setup.estimator == "population":
@@ -145,11 +167,12 @@ def _forward(q: Mixture, t: Teacher, cap: Scalar, setup: Setup, key: PRNGKeyArra
 
     beta = sg(q.old_weight)
     if setup.sampling == "stratified":
-        x_old, x_new = component_draws(sg(q), jax.random.split(key)[1], setup)
+        assert noise.eps is not None
+        x_old, x_new = components_at(sg(q), noise.eps)
         (lq_o, l_o, w_o), (lq_n, l_n, w_n) = weighted(x_old), weighted(x_new)
         surrogate = -(beta * lq_o + (1 - beta) * lq_n)
         return surrogate, Estimate(beta * l_o + (1 - beta) * l_n, false, jnp.maximum(w_o, w_n))
-    x, is_old = sample_ancestral(sg(q), key, setup)
+    x, is_old = ancestral_at(sg(q), noise)
     lq, loss, w_max = weighted(x)
     return -lq, Estimate(loss, ~jnp.any(is_old), w_max)
 
@@ -232,5 +255,7 @@ SDFT = register(
             ),
         ),
         companion_update=ema_teacher,
+        draw=draw_sdft,
+        estimate=sdft_given,
     )
 )

@@ -42,7 +42,7 @@ from .._types import Array, Float, PRNGKeyArray, Scalar
 from ..divergence import log_mean_exp, mixture_nodes
 from ..model import LearnerParams, learner_mixture
 from ..spec import Hyper, Setup
-from ._common import Estimate, population_frame, project_frame, sample_ancestral
+from ._common import Estimate, Noise, ancestral_at, ancestral_noise, population_frame, project_frame
 from .registry import Objective, register
 from .reverse_kl import population_reverse_kl
 from .reward import reward_function
@@ -115,10 +115,24 @@ def leave_one_out_log_weights(logits: Float[Array, "g G"]) -> Float[Array, "g G"
     return logits - log_z
 
 
+def draw_ttt_discover(key: PRNGKeyArray, setup: Setup) -> Noise:
+    """The step's draws: none (population), else label and eps of `ancestral_noise` (the batch is
+    ancestral whatever `sampling` says)."""
+    return Noise() if setup.estimator == "population" else ancestral_noise(key, setup)
+
+
 def ttt_discover(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams
 ) -> tuple[Scalar, Estimate]:
-    """Surrogate whose gradient estimates -grad (J - lambda KL(q || q_ref)); see module doc."""
+    """`ttt_discover_given` at the draws of `draw_ttt_discover(key)`."""
+    return ttt_discover_given(params, hyper, setup, draw_ttt_discover(key, setup), companion)
+
+
+def ttt_discover_given(
+    params: LearnerParams, hyper: Hyper, setup: Setup, noise: Noise, companion: LearnerParams
+) -> tuple[Scalar, Estimate]:
+    """Surrogate whose gradient estimates -grad (J - lambda KL(q || q_ref)) given the step's draws
+    (`draw_ttt_discover`); see module doc."""
     q = learner_mixture(params, setup)
     ref = sg(learner_mixture(companion, setup))
     reward = reward_function(hyper, setup)
@@ -138,7 +152,7 @@ def ttt_discover(
         surrogate = -utility + lam * kl
         return surrogate, Estimate(sg(surrogate), jnp.zeros((), bool), one)
 
-    x, is_old = sample_ancestral(sg(q), key, setup)
+    x, is_old = ancestral_at(sg(q), noise)
     rewards = reward(x).reshape(setup.num_groups, setup.group_size)
     if setup.adaptive_eta:
         eta = group_eta(rewards, hyper.entropic_kl_budget)
@@ -161,6 +175,8 @@ TTT_DISCOVER = register(
         ttt_discover,
         "entropic utility log E_q[e^{eta R}] with leave-one-out weights, KL-anchored to q_ref = theta(0) "
         "(methods.md B; claims.md T8)",
+        draw=draw_ttt_discover,
+        estimate=ttt_discover_given,
         fields=(
             fields.Field(
                 "adaptive_eta",
