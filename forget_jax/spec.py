@@ -28,15 +28,6 @@ from . import fields
 from ._types import Array
 
 
-def _declared() -> None:
-    """Complete the field table first: the objectives' and the sample-wise items' modules declare
-    fields on import (`forget_jax._declare_all`), and `from forget_jax.spec import make_hyper`
-    alone would not import them."""
-    from . import _declare_all
-
-    _declare_all()
-
-
 class Setup:
     """Static (compile-time) structure of a simulation: the static fields of fields.py.
 
@@ -49,7 +40,6 @@ class Setup:
     __slots__ = ("_key", "_values")
 
     def __init__(self, **values: Any):
-        _declared()
         static = fields.defaults("static")
         unknown = sorted(set(values) - set(static))
         if unknown:
@@ -156,7 +146,6 @@ def make_hyper(dtype=np.float32, **values: Any) -> Hyper:
     Leaves are host (NumPy) arrays of `dtype` (seeds int32): they keep float64 precision even
     before float64 is enabled, and `simulate` moves them to the device under the Setup's precision.
     """
-    _declared()
     defaults: Mapping[str, Any] = {**fields.defaults("traced"), SEED: 0}
     unknown = set(values) - set(defaults)
     if unknown:

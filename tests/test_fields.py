@@ -306,19 +306,3 @@ def test_suite_runs_with_strict_dtype_promotion():
     assert jax.config.jax_numpy_dtype_promotion == "strict"
     with pytest.raises(Exception, match="promotion"):
         jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)
-
-
-def test_spec_alone_sees_every_declared_field():
-    """`from forget_jax.spec import make_hyper, Setup` in a fresh process (nothing else imported)
-    still knows the fields declared by the objectives and the sample-wise items."""
-    import subprocess
-    import sys
-
-    code = (
-        "from forget_jax.spec import Setup, make_hyper; "
-        "h = make_hyper(seed=[1]); s = Setup(); "
-        "print(float(h.samplewise_item_seed[0]), s.samplewise_draws, float(h.sdft_demo_scale[0]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0.0", "64", "1.0"]
