@@ -145,6 +145,9 @@ def make_hyper(dtype=np.float32, **values: Any) -> Hyper:
 
     Leaves are host (NumPy) arrays of `dtype` (seeds int32): they keep float64 precision even
     before float64 is enabled, and `simulate` moves them to the device under the Setup's precision.
+    The defaults are those of the fields declared so far: use `forget_jax.make_hyper` (which
+    declares every field first) rather than this module alone, whose importers (the theory
+    module among them) must not pull in the objectives.
     """
     defaults: Mapping[str, Any] = {**fields.defaults("traced"), SEED: 0}
     unknown = set(values) - set(defaults)
