@@ -15,6 +15,12 @@ The PRNG key of step t of a configuration is the objective's `batch_key(key(seed
 setup)` (default `fold_in(key(seed), t)`; OAPL's batch reuse: one key per sync window): it
 depends on that configuration's own seed and values only, never on the batch it runs in, nor on
 where the run was cut into segments (the key is rebuilt from `hyper.seed` in every segment).
+A step's randomness is the objective's `draw(key)` (standard draws, `objectives._common.Noise`),
+its arithmetic the objective's gradient given them. Where the draws are a function of (seed, t)
+alone, the batched loop makes them once per distinct seed of the batch (`seed_layout`: a table of
+U seeds for up to 64 steps at a time, `noise_chunks`) and every configuration reads the row of its
+own seed: the same numbers as its own draws, so the result is unchanged up to float rounding
+(docs/science/objectives.md, "Noise").
 
 Divergence, per configuration (`DIVERGENCE_REASONS`, first cause wins): after every update the
 state theta(t) (parameters, companion, optimiser state) is checked for NaN, then inf, then

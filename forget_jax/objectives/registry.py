@@ -85,9 +85,6 @@ class Objective:
         gradient: `gradient(setup)` -> a hand-written `(params, hyper, noise, companion) ->
             (grads, Estimate)` equal to the autodiff of `estimate` (to float rounding), or None
             where autodiff is kept.
-        shares_noise: `shares_noise(setup)`: the step's draws depend on (seed, step) only, so
-            grid points that share a seed may share them (only with the default `batch_key`,
-            which reads nothing else).
         batch_key_is_step_key: `batch_key_is_step_key(setup)`: True where a non-default
             `batch_key` returns exactly `step_key(run_key, t)` for this setup (OAPL without batch
             reuse), so the setup may share noise as if `batch_key` were the default. None: only
@@ -106,7 +103,6 @@ class Objective:
     draw: Draw | None = None
     estimate: NoiseEstimate | None = None
     gradient: Callable[[Setup], NoiseGradient | None] | None = None
-    shares_noise: Callable[[Setup], bool] = lambda setup: True
     batch_key_is_step_key: Callable[[Setup], bool] | None = None
 
     def noise_gradient(self, setup: Setup) -> NoiseGradient:
@@ -145,7 +141,7 @@ class Objective:
         default_key = self.batch_key is step_key or (
             self.batch_key_is_step_key is not None and self.batch_key_is_step_key(setup)
         )
-        if self.draw is None or not default_key or not self.shares_noise(setup):
+        if self.draw is None or not default_key:
             return False
         shape = jax.eval_shape(lambda: self.draw(jax.random.key(0), setup))  # type: ignore[misc]
         return len(jax.tree.leaves(shape)) > 0
