@@ -516,3 +516,6 @@ def program_memory(setup: Setup, n: int) -> dict[str, int]:
     )
     out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
     return out
+
+
+program_memory.memoisable = True  # type: ignore[attr-defined]  # a pure function of (setup, n, platform): runner/plan.py keeps its results on disk

@@ -164,3 +164,33 @@ def test_plan_report_names_the_size_and_its_origin(memory, monkeypatch):
     # a block takes whole rows of replay_ratio x seed (50 x 64): 2 separation values of 100
     rows = expected // (50 * 64)
     assert f"chunk (1, {rows}, 50, 64)" in next(x for x in lines if x.startswith("blocks"))
+
+
+def test_probe_results_are_remembered_on_disk(monkeypatch, tmp_path):
+    """A rerun reads the probe from `memory-probes.json` instead of compiling it again; another
+    platform or Setup probes again; an unmarked (replaced) program_memory is never remembered."""
+    from forget_jax import train
+    from forget_jax.runner.plan import PROBE_SIZES, _probe_memory
+    from forget_jax.spec import Setup
+
+    calls = []
+
+    def measured(setup, n):
+        calls.append((setup.batch_size, n))
+        return dict(total=1000 * n + setup.batch_size)
+
+    measured.memoisable = True  # type: ignore[attr-defined]
+    monkeypatch.setattr(train, "program_memory", measured)
+    a, b = Setup(batch_size=8), Setup(batch_size=16)
+    first = _probe_memory(a, "cpu", str(tmp_path))
+    assert first == _probe_memory(a, "cpu", str(tmp_path))  # read back, not measured
+    assert calls == [(8, n) for n in PROBE_SIZES]
+    assert first[0] == dict(total=1000 * PROBE_SIZES[0] + 8)
+    _probe_memory(a, "gpu", str(tmp_path))
+    _probe_memory(b, "cpu", str(tmp_path))
+    assert len(calls) == 3 * len(PROBE_SIZES)
+    _probe_memory(a, "cpu", None)  # no cache folder: measured
+    assert len(calls) == 4 * len(PROBE_SIZES)
+    del measured.memoisable
+    _probe_memory(a, "cpu", str(tmp_path))  # a replaced function is not remembered
+    assert len(calls) == 5 * len(PROBE_SIZES)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -266,14 +267,12 @@ def _choose(spec: SweepSpec, devices, probe: bool = True) -> ChunkChoice:
         return ChunkChoice(formula_chunk_size(spec), "formula fallback", group, reason="no probe wanted")
     label, config = max(groups, key=lambda g: formula_bytes_per_config(SweepSpec(g[1], {})))
     try:
-        from .. import train
         from .._cache import enable_compilation_cache
 
-        enable_compilation_cache()  # the probes' programs are loaded from disk on a rerun
+        folder = enable_compilation_cache()  # the probes' programs are loaded from disk on a rerun
 
         setup = config.setup()
-        with train.precision(setup):
-            small, large = (train.program_memory(setup, n) for n in PROBE_SIZES)
+        small, large = _probe_memory(setup, devices[0].platform, folder)
         if small is None or large is None:
             raise RuntimeError("memory_analysis returned nothing")
         per_config = (large["total"] - small["total"]) / (PROBE_SIZES[1] - PROBE_SIZES[0])
@@ -294,6 +293,44 @@ def _choose(spec: SweepSpec, devices, probe: bool = True) -> ChunkChoice:
             else "capped by the host memory of its logged values"
         )
     return ChunkChoice(size, "memory analysis", group, per_config, fixed, free, where, probed=label, reason=reason)
+
+
+def _probe_memory(setup, platform: str, folder: str | None) -> tuple[dict | None, dict | None]:
+    """`train.program_memory` at the two `PROBE_SIZES`, remembered on disk beside the compilation
+    cache (`memory-probes.json`, keyed by Setup, platform and the jax / forget-jax versions), so a
+    rerun neither traces nor loads the probe programs. Without a cache folder, or when
+    `program_memory` has been replaced (tests), nothing is read or written."""
+    import json
+    import os
+
+    import jax
+
+    from .. import train
+    from .._version import __version__
+
+    measure = train.program_memory
+    memo = Path(folder) / "memory-probes.json" if folder and getattr(measure, "memoisable", False) else None
+    key = repr((sorted(setup._values.items()), platform, jax.__version__, __version__, PROBE_SIZES))
+    known: dict = {}
+    if memo is not None and memo.is_file():
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if key in known:
+            small, large = known[key]
+            return small, large
+    with train.precision(setup):
+        small, large = (measure(setup, n) for n in PROBE_SIZES)
+    if memo is not None and small is not None and large is not None:
+        known[key] = [small, large]
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    return small, large
 
 
 def default_chunk_size(spec: SweepSpec, devices=None, *, probe: bool = True) -> int:
