@@ -179,8 +179,7 @@ def mixture_log_density_vjp(
     k = x.shape[-1]
     d_old, d_new = x - old_mean, x - new_mean
     sq_old, sq_new = jnp.sum(jnp.square(d_old), axis=-1), jnp.sum(jnp.square(d_new), axis=-1)
-    log_o = -0.5 * sq_old / jnp.square(old_scale) - k * jnp.log(old_scale) - 0.5 * k * LOG_2PI
-    log_n = -0.5 * sq_new / jnp.square(new_scale) - k * jnp.log(new_scale) - 0.5 * k * LOG_2PI
+    log_o, log_n = component_log_densities(x, old_mean, new_mean, old_scale, new_scale)
     a_o, a_n = jnp.log(old_weight) + log_o, jnp.log1p(-old_weight) + log_n
     gap = a_o - a_n
     e = jnp.exp(-jnp.abs(gap))  # in [0, 1]

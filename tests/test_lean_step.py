@@ -181,7 +181,7 @@ def _ancestral_stream(key, b, d, dtype):
 
 
 def _stratified_stream(key, b, d, dtype):
-    """component_draws at the ancestral noise key: eps ~ N(0, I) from split(key)[1]."""
+    """stratified sampling: eps at the ancestral noise key: eps ~ N(0, I) from split(key)[1]."""
     return dict(eps=jax.random.normal(jax.random.split(key)[1], (b, d), dtype))
 
 

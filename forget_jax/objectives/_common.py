@@ -71,10 +71,6 @@ def standard_normal(key: PRNGKeyArray, setup: Setup) -> Float[Array, "B d"]:
     return jax.random.normal(key, (setup.batch_size, setup.dim), dtype=setup.dtype)
 
 
-def bernoulli(key: PRNGKeyArray, prob: Scalar, setup: Setup) -> Bool[Array, " B"]:
-    return uniform(key, setup) < prob
-
-
 def leave_one_out_mean(values: Float[Array, " B"], weights: Float[Array, " B"] | None = None) -> Float[Array, " B"]:
     r"""Baseline $b_i = \sum_{j\ne i} w_j v_j / \sum_{j \ne i} w_j$; independent of sample i, so the
     score estimator stays unbiased. Zero when B = 1."""
@@ -115,20 +111,6 @@ def ancestral_at(mixture: Mixture, noise: Noise) -> tuple[Float[Array, "B d"], B
     x_old, x_new = components_at(mixture, noise.eps)
     is_old = noise.label < mixture.old_weight
     return jnp.where(is_old[:, None], x_old, x_new), is_old
-
-
-def component_draws(
-    mixture: Mixture, noise_key: PRNGKeyArray, setup: Setup
-) -> tuple[Float[Array, "B d"], Float[Array, "B d"]]:
-    """`components_at` with eps = B standard-normal draws from `noise_key`."""
-    return components_at(mixture, standard_normal(noise_key, setup))
-
-
-def draw_ancestral(
-    mixture: Mixture, label_key: PRNGKeyArray, noise_key: PRNGKeyArray, setup: Setup
-) -> tuple[Float[Array, "B d"], Bool[Array, " B"]]:
-    """`ancestral_at` with the label draws from `label_key` and eps from `noise_key`."""
-    return ancestral_at(mixture, Noise(eps=standard_normal(noise_key, setup), label=uniform(label_key, setup)))
 
 
 def sample_ancestral(

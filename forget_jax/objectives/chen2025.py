@@ -44,16 +44,11 @@ sg = jax.lax.stop_gradient
 TINY = 1e-12
 
 
-def draw_chen2025_fkl(key: PRNGKeyArray, setup: Setup) -> Noise:
-    """The draws of `forward_kl` (`draw_forward_kl`): label and eps (ancestral), eps (stratified)."""
-    return draw_forward_kl(key, setup)
-
-
 def chen2025_fkl(
     params: LearnerParams, hyper: Hyper, setup: Setup, key: PRNGKeyArray, companion: LearnerParams | None = None
 ) -> tuple[Scalar, Estimate]:
-    """`chen2025_fkl_given` at the draws of `draw_chen2025_fkl(key)`."""
-    return chen2025_fkl_given(params, hyper, setup, draw_chen2025_fkl(key, setup), companion)
+    """`chen2025_fkl_given` at the draws of `draw_forward_kl(key)`."""
+    return chen2025_fkl_given(params, hyper, setup, draw_forward_kl(key, setup), companion)
 
 
 def chen2025_fkl_given(
@@ -139,7 +134,7 @@ CHEN2025_FKL = register(
         rules=(_RULE,),
         preset=chen2025_config("chen2025_fkl"),
         supports_replay=True,
-        draw=draw_chen2025_fkl,
+        draw=draw_forward_kl,
         estimate=chen2025_fkl_given,
     )
 )
