@@ -549,3 +549,407 @@ def sdft_ema_weights(
 
     _, betas = jax.lax.scan(step, (a0, a0), None, length=steps)
     return jnp.concatenate([jnp.atleast_1d(jax.nn.sigmoid(a0)), betas])
+
+
+# --- pipelines (docs/science/pipelines.md) ------------------------------------------------------
+# K-mode stage optima (P1), the separated-limit reverse-KL recovery of a starved old weight (P2)
+# and per-mode starvation (P3). Weights are float inputs; the recovery times run in float64 NumPy /
+# SciPy (not jit-compatible); the rest is jax.numpy.
+
+_WEIGHT_PARAMS = ("direct", "logit", "replicator")
+
+
+def _check_weight_param(weight_param: str) -> None:
+    if weight_param not in _WEIGHT_PARAMS:
+        raise ValueError(f"weight_param={weight_param!r}: choose direct, logit or replicator")
+
+
+def fkl_stage_weights(
+    num_modes: int,
+    task: int,
+    replay_ratio: float,
+    earlier: tuple[int, ...] | list[int],
+    shares: tuple[float, ...] | list[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    r"""Population optimum of the K weights after an FKL stage on `task` with replay (P1, separated
+    modes, means free or at the truth):
+
+        w_task = 1 - lambda,   w_j = lambda share_j (j in earlier),   w_k = 0 otherwise,
+
+    the weights of p_train = (1 - lambda) N(mu_task*) + lambda sum_j share_j N(mu_j*): KL(p_train || q)
+    >= 0 with equality iff q = p_train, which the K-mode family realises (T2 with K modes;
+    `fkl_replay_optimum` is K = 2, task 1, earlier (0,)). Without replay (lambda = 0) every earlier
+    mode loses all its mass.
+
+    Args:
+        num_modes: K >= 2.
+        task: the stage's task index in [0, K).
+        replay_ratio: lambda in [0, 1].
+        earlier: the replayed tasks (task 0 and the tasks of earlier stages, without `task`),
+            distinct indices in [0, K); may be empty only when lambda = 0.
+        shares: the replay share of each earlier task (non-negative, sum 1); None = uniform.
+
+    Returns:
+        The (K,) float64 weights, summing to 1.
+    """
+    earlier = [int(j) for j in earlier]
+    if num_modes < 2:
+        raise ValueError(f"num_modes={num_modes!r} must be >= 2")
+    if not 0 <= task < num_modes:
+        raise ValueError(f"task={task!r} is not a mode of a {num_modes}-mode mixture")
+    if not 0.0 <= replay_ratio <= 1.0:
+        raise ValueError(f"replay_ratio={replay_ratio!r} must lie in [0, 1]")
+    if len(set(earlier)) != len(earlier) or any(not 0 <= j < num_modes or j == task for j in earlier):
+        raise ValueError(f"earlier={earlier!r}: distinct tasks in [0, {num_modes}) other than task {task}")
+    if replay_ratio > 0 and not earlier:
+        raise ValueError(f"replay_ratio={replay_ratio!r} > 0 needs an earlier task to replay")
+    if shares is None:
+        share = np.full(len(earlier), 1.0 / max(len(earlier), 1))
+    else:
+        share = np.asarray(shares, dtype=np.float64)
+        if share.shape != (len(earlier),) or np.any(share < 0) or not math.isclose(share.sum(), 1.0, abs_tol=1e-9):
+            raise ValueError(f"shares={shares!r}: one non-negative share per earlier task, summing to 1")
+    weights = np.zeros(num_modes)
+    weights[task] = 1.0 - replay_ratio
+    weights[earlier] = replay_ratio * share
+    return weights
+
+
+def rkl_weight_velocity(
+    old_weight: FloatLike, target_old_weight: FloatLike, learning_rate: FloatLike, weight_param: str
+) -> Float[Array, " ..."]:
+    r"""Exact separated-limit population velocity d beta / dt of reverse KL, K = 2, means and
+    scales at their targets (P2; time in steps, eta inside):
+
+        L(beta) = beta log(beta / beta*) + (1 - beta) log((1 - beta) / (1 - beta*)),
+        L'(beta) = logit beta - logit beta*,
+        logit:      d beta/dt = -eta beta^2 (1 - beta)^2 L'(beta)   (da/dt = -eta beta (1 - beta) L')
+        direct:     d beta/dt = -eta L'(beta)
+        replicator: d beta/dt = -eta beta (1 - beta) L'(beta)
+
+    Near beta -> 0, -L' = log(c / beta) + log(1 - beta) ~ log(c / beta) with c = beta* / (1 - beta*):
+    eta beta^2 log(c / beta) (logit), eta log(c / beta) (direct), eta beta log(c / beta) (replicator:
+    one power of beta, its metric is beta (1 - beta)).
+
+    Args:
+        old_weight: beta in (0, 1).
+        target_old_weight: beta* in (0, 1).
+        learning_rate: eta.
+        weight_param: "logit", "direct" or "replicator" (docs/science/model.md section 1).
+
+    Returns:
+        d beta / dt per step, broadcast over the inputs.
+    """
+    _check_weight_param(weight_param)
+    b = jnp.asarray(old_weight)
+    grad = logit(b) - logit(jnp.asarray(target_old_weight, b.dtype))
+    if weight_param == "logit":
+        metric = jnp.square(b * (1.0 - b))
+    elif weight_param == "direct":
+        metric = jnp.ones_like(b)
+    else:
+        metric = b * (1.0 - b)
+    return -jnp.asarray(learning_rate, b.dtype) * metric * grad
+
+
+def rkl_weight_step(
+    old_weight: FloatLike,
+    target_old_weight: FloatLike,
+    learning_rate: FloatLike,
+    weight_param: str,
+    weight_clip: float = 1e-6,
+) -> Float[Array, " ..."]:
+    r"""One discrete SGD step of the separated-limit population reverse KL on beta (P2), in the
+    parameter the engine updates (docs/science/model.md section 1, L' = logit beta - logit beta*):
+
+        logit:      a <- a - eta beta (1 - beta) L'(beta),  beta = sigmoid(a)
+        direct:     beta <- clip(beta - eta L'(beta), eps, 1 - eps)
+        replicator: beta <- clip(beta - eta beta (1 - beta) L'(beta), eps, 1 - eps)
+
+    Args:
+        old_weight: beta in (0, 1).
+        target_old_weight: beta*.
+        learning_rate: eta.
+        weight_param: "logit", "direct" or "replicator".
+        weight_clip: eps of direct / replicator (the engine's `weight_clip`).
+
+    Returns:
+        beta after one step.
+    """
+    _check_weight_param(weight_param)
+    b = jnp.asarray(old_weight)
+    eta = jnp.asarray(learning_rate, b.dtype)
+    grad = logit(b) - logit(jnp.asarray(target_old_weight, b.dtype))
+    if weight_param == "logit":
+        return jax.nn.sigmoid(logit(b) - eta * b * (1.0 - b) * grad)
+    metric = 1.0 if weight_param == "direct" else b * (1.0 - b)
+    return jnp.clip(b - eta * metric * grad, weight_clip, 1.0 - weight_clip)
+
+
+def rkl_recovery_steps(
+    initial_weight: FloatLike,
+    final_weight: FloatLike,
+    target_old_weight: FloatLike,
+    learning_rate: FloatLike,
+    weight_param: str,
+    max_steps: int = 10**7,
+    weight_clip: float = 1e-6,
+    dtype: type = np.float64,
+) -> np.ndarray:
+    r"""Number of discrete steps of `rkl_weight_step` from beta_0 until beta >= beta_end (P2):
+    the smallest n with beta_n >= beta_end (0 if beta_0 >= beta_end), np.inf if that does not
+    happen within `max_steps` or the map stops moving (beta_end >= beta*, or a step below the
+    rounding of `dtype`).
+
+    Iterates the map in NumPy over the whole broadcast batch at once (the logit rule in a, as the
+    engine); about 1e5 steps per second. dtype=np.float32 rounds every operation in float32, as
+    a float32 engine would (to within an ulp per step: the engine's gradient is computed by other
+    operations); in float32 a logit step stalls once eta beta log(c / beta) < ulp(a) / 2.
+
+    Args:
+        initial_weight: beta_0.
+        final_weight: beta_end.
+        target_old_weight: beta*.
+        learning_rate: eta.
+        weight_param: "logit", "direct" or "replicator".
+        max_steps: the horizon.
+        weight_clip: eps of direct / replicator.
+        dtype: the float type of the iteration.
+
+    Returns:
+        Steps (float array, np.inf where never), shape of the broadcast inputs.
+    """
+    _check_weight_param(weight_param)
+    arrays = np.broadcast_arrays(
+        *(np.asarray(v, dtype) for v in (initial_weight, final_weight, target_old_weight, learning_rate))
+    )
+    shape = arrays[0].shape
+    b0, b1, bstar, eta = (np.array(v, dtype).ravel() for v in arrays)
+    one = dtype(1.0)
+    clip_lo, clip_hi = dtype(weight_clip), one - dtype(weight_clip)
+    astar = np.log(bstar) - np.log1p(-bstar)
+    steps = np.full(b0.shape, np.inf)
+    steps[b0 >= b1] = 0.0
+    idx = np.flatnonzero((b0 < b1) & (b1 < bstar))
+    x = np.log(b0[idx]) - np.log1p(-b0[idx]) if weight_param == "logit" else b0[idx].copy()
+    b1, astar, eta = b1[idx], astar[idx], eta[idx]
+    n = 0
+    while idx.size and n < max_steps:
+        n += 1
+        if weight_param == "logit":
+            b = one / (one + np.exp(-x))
+            new = x - eta * b * (one - b) * (x - astar)
+            beta = one / (one + np.exp(-new))
+        else:
+            grad = np.log(x) - np.log1p(-x) - astar
+            metric = one if weight_param == "direct" else x * (one - x)
+            new = np.clip(x - eta * metric * grad, clip_lo, clip_hi)
+            beta = new
+        reached = beta >= b1
+        steps[idx[reached]] = n
+        keep = ~reached & (new != x)  # a map that stops moving never moves again
+        idx, x, b1, astar, eta = idx[keep], new[keep], b1[keep], astar[keep], eta[keep]
+    return steps.reshape(shape)
+
+
+def _recovery_time_one(b0: float, b1: float, bstar: float, eta: float, weight_param: str) -> float:
+    """`rkl_recovery_time` of one input, by quadrature in u = logit beta* - logit beta."""
+    from scipy import integrate
+
+    if b0 >= b1:
+        return 0.0
+    if b1 >= bstar:
+        return math.inf
+    astar = math.log(bstar) - math.log1p(-bstar)
+    u0 = astar - (math.log(b0) - math.log1p(-b0))
+    u1 = astar - (math.log(b1) - math.log1p(-b1))
+    if weight_param == "replicator":  # da/dt = -eta (a - a*): exact
+        return math.log(u0 / u1) / eta
+    if weight_param == "direct":  # da/dt = -eta (a - a*) / (beta (1 - beta))
+
+        def f(u: float) -> float:
+            a = astar - u
+            return 1.0 / ((2.0 + math.exp(a) + math.exp(-a)) * u)
+
+        value, _ = integrate.quad(f, u1, u0, epsabs=0.0, epsrel=1e-11, limit=400)
+        return value / eta
+
+    # logit: da/dt = -eta beta (1 - beta) (a - a*); 1 / (beta (1 - beta)) = e^{u - a*} (1 + e^{a* - u})^2,
+    # integrated as e^{u0 - a*} * int e^{u - u0} (1 + e^{a* - u})^2 / u du (bounded integrand)
+    def g(u: float) -> float:
+        return math.exp(u - u0) * (1.0 + math.exp(astar - u)) ** 2 / u
+
+    split = max(u1, u0 - 60.0)
+    value = integrate.quad(g, split, u0, epsabs=0.0, epsrel=1e-11, limit=400)[0]
+    if split > u1:
+        value += integrate.quad(g, u1, split, epsabs=0.0, epsrel=1e-11, limit=400)[0]
+    return math.exp(u0 - astar) * value / eta
+
+
+def rkl_recovery_time(
+    initial_weight: FloatLike,
+    final_weight: FloatLike,
+    target_old_weight: FloatLike,
+    learning_rate: FloatLike,
+    weight_param: str,
+) -> np.ndarray:
+    r"""Continuous-time recovery time of the separated-limit population reverse KL (P2), in steps:
+
+        T = int_{beta_0}^{beta_end} d beta / v(beta),   v = `rkl_weight_velocity`,
+
+    written in u = logit beta* - logit beta, where da/dt = -eta m(beta) (a - a*) with m = beta (1 - beta)
+    (logit), 1 / (beta (1 - beta)) (direct), 1 (replicator):
+
+        T = (1 / eta) int_{u_end}^{u_0} du / (u m),
+
+    in closed form for the replicator, T = ln(u_0 / u_end) / eta (a relaxes exponentially to a*),
+    by adaptive quadrature (scipy.integrate.quad, relative tolerance 1e-11) otherwise. 0 when
+    beta_0 >= beta_end; inf when beta_end >= beta* (never reached).
+
+    Args:
+        initial_weight: beta_0 in (0, 1).
+        final_weight: beta_end.
+        target_old_weight: beta*.
+        learning_rate: eta.
+        weight_param: "logit", "direct" or "replicator".
+
+    Returns:
+        T (float64 array, shape of the broadcast inputs).
+    """
+    _check_weight_param(weight_param)
+    one = np.vectorize(_recovery_time_one, otypes=[np.float64], excluded={4})
+    return np.asarray(
+        one(
+            np.asarray(initial_weight, np.float64),
+            np.asarray(final_weight, np.float64),
+            np.asarray(target_old_weight, np.float64),
+            np.asarray(learning_rate, np.float64),
+            weight_param,
+        )
+    )
+
+
+def rkl_recovery_time_asymptotic(
+    initial_weight: FloatLike,
+    final_weight: FloatLike,
+    target_old_weight: FloatLike,
+    learning_rate: FloatLike,
+    weight_param: str,
+    terms: int | None = None,
+) -> np.ndarray:
+    r"""Recovery time under the small-weight law v ~ eta beta^p log(c / beta), c = beta* / (1 - beta*),
+    p = 2 (logit), 0 (direct), 1 (replicator) (P2). With u = log(c / beta), beta = c e^{-u}:
+
+        logit:      T = (1 / (eta c)) [Ei(u_0) - Ei(u_end)]
+                      ~ (1 / (eta beta_0 u_0)) sum_{k < terms} k! / u_0^k            (beta_0 -> 0)
+        direct:     T = (c / eta) [E1(u_end) - E1(u_0)]
+                      ~ (c / eta) E1(u_end) - (beta_0 / (eta u_0)) sum_{k < terms} (-1)^k k! / u_0^k
+        replicator: T = (1 / eta) ln(u_0 / u_end)
+
+    (Ei and E1 the exponential integrals; c [E1(u_end) - E1(u_0)] = c [li(beta_0 / c) - li(beta_end / c)]
+    with the logarithmic integral li.) Direct's T tends to the beta_0-independent (c / eta) E1(u_end)
+    = O(beta* / eta); the replicator's grows only like ln(log(c / beta_0)) / eta. terms=None gives the closed
+    forms; terms = n the n-term expansions in 1 / u_0 (logit drops the beta_0-independent Ei(u_end):
+    relative O(beta_0 u_0 / (beta_end u_end))). The leading logit term 1 / (eta beta_0 log(c / beta_0))
+    is low by the relative 1 / u_0 + 2 / u_0^2 + ...; against the exact `rkl_recovery_time` the
+    closed forms are low by at most 1 / ((1 - beta_end)^{p'} (1 - eps)) - 1, eps = -log(1 - beta_end) /
+    u_end, p' = 2, 0, 1 (docs/science/pipelines.md P2).
+
+    Args:
+        initial_weight: beta_0.
+        final_weight: beta_end < beta*.
+        target_old_weight: beta*.
+        learning_rate: eta.
+        weight_param: "logit", "direct" or "replicator".
+        terms: None (closed form) or the number of terms of the expansion in 1 / u_0.
+
+    Returns:
+        T (float64 array, shape of the broadcast inputs).
+    """
+    from scipy import special
+
+    _check_weight_param(weight_param)
+    b0, b1, bstar, eta = np.broadcast_arrays(
+        *(np.asarray(v, np.float64) for v in (initial_weight, final_weight, target_old_weight, learning_rate))
+    )
+    c = bstar / (1.0 - bstar)
+    u0, u1 = np.log(c / b0), np.log(c / b1)
+    if weight_param == "replicator":
+        return np.log(u0 / u1) / eta
+    k = np.arange(terms or 0, dtype=np.float64)[:, None] if terms else None
+    if weight_param == "logit":
+        if k is None:
+            return (special.expi(u0) - special.expi(u1)) / (eta * c)
+        series = np.sum(special.factorial(k) / u0.ravel() ** k, axis=0).reshape(u0.shape)
+        return series / (eta * b0 * u0)
+    if k is None:
+        return c * (special.exp1(u1) - special.exp1(u0)) / eta
+    series = np.sum((-1.0) ** k * special.factorial(k) / u0.ravel() ** k, axis=0).reshape(u0.shape)
+    return c * special.exp1(u1) / eta - b0 * series / (eta * u0)
+
+
+def rkl_weight_gradient(old_weight: float, target_old_weight: float, separation: float, points: int = 40001) -> float:
+    r"""dL_R/dbeta of the two-mode reverse KL at finite separation, means and unit scales at their
+    targets (P2, where the separated limit stops holding), by identity I4:
+
+        dL_R/dbeta = int (N_o - N_n) log(q / p*) dx,   q = beta N_o + (1 - beta) N_n,
+        p* = beta* N_o + (1 - beta*) N_n,  N_o = N(0, 1), N_n = N(Delta, 1),
+
+    on a uniform grid over [-12, Delta + 12] (trapezoid rule, spectrally accurate here), float64.
+    It tends to the separated logit beta - logit beta* as Delta grows; the gap is the misassignment
+    term E_{N_o}[log(1 + (1 - beta) N_n / (beta N_o))] - (same at beta*) - (the same on N_n), of order
+    the soft misassignment (D4) sqrt((1 - beta) / beta) BC at small beta.
+
+    Args:
+        old_weight: beta.
+        target_old_weight: beta*.
+        separation: Delta.
+        points: grid points.
+
+    Returns:
+        dL_R / dbeta (a float).
+    """
+    x = np.linspace(-12.0, separation + 12.0, points)
+    log_o = -0.5 * x**2 - 0.5 * math.log(2 * math.pi)
+    log_n = -0.5 * (x - separation) ** 2 - 0.5 * math.log(2 * math.pi)
+    log_q = np.logaddexp(math.log(old_weight) + log_o, math.log1p(-old_weight) + log_n)
+    log_p = np.logaddexp(math.log(target_old_weight) + log_o, math.log1p(-target_old_weight) + log_n)
+    return float(np.trapezoid((np.exp(log_o) - np.exp(log_n)) * (log_q - log_p), x))
+
+
+def mode_starvation_probability(
+    weights: Float[Array | np.ndarray, "... K"] | list[float], batch_size: IntLike | FloatLike
+) -> Float[Array, "... K"]:
+    r"""P(an ancestral batch of B samples of sum_k w_k N_k holds no sample of mode k) = (1 - w_k)^B
+    per mode (P3; D6 over K modes).
+
+    Args:
+        weights: the (..., K) mixture weights the batch is drawn from.
+        batch_size: B.
+
+    Returns:
+        (..., K) starvation probabilities.
+    """
+    w = jnp.asarray(weights)
+    return jnp.power(1.0 - w, jnp.asarray(batch_size, w.dtype))
+
+
+def replay_starvation_bound(
+    replay_ratio: FloatLike, shares: Float[Array | np.ndarray, "... J"] | list[float], batch_size: IntLike | FloatLike
+) -> Float[Array, "... J"]:
+    r"""(1 - lambda share_j)^B for each replayed task j of a stage (P3): exactly the probability that
+    an FKL stage's ancestral batch of p_train misses task j, and an upper bound on it for any
+    proposal that mixes a replay fraction lambda split by the shares into its draws, e.g. reverse
+    KL's m_lambda = (1 - lambda) q + lambda sum_j share_j N_j, where a draw hits j with probability
+    (1 - lambda) w_j + lambda share_j >= lambda share_j.
+
+    Args:
+        replay_ratio: lambda.
+        shares: the (..., J) replay shares of the earlier tasks.
+        batch_size: B.
+
+    Returns:
+        (..., J) bounds.
+    """
+    s = jnp.asarray(shares)
+    return jnp.power(1.0 - jnp.asarray(replay_ratio, s.dtype) * s, jnp.asarray(batch_size, s.dtype))
