@@ -29,7 +29,7 @@ from typing import Any, Literal
 Kind = Literal["static", "traced", "sweep"]
 
 #: Row order of the generated README table: the built-in groups, then objective knobs.
-GROUPS: tuple[str, ...] = ("engine", "geometry", "training", "method", "sweep")
+GROUPS: tuple[str, ...] = ("engine", "geometry", "training", "pipeline", "method", "sweep")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class Field:
             (a number, vmapped) or `sweep` (bookkeeping read by the sweep runner only).
         default: the value when the key is not set.
         doc: one line saying what the field is in the science (with its docs/science section).
-        type: `float`, `int`, `bool`, `str` or `tuple` (a `[lo, hi, n]` triple).
+        type: `float`, `int`, `bool`, `str`, `tuple` (a `[lo, hi, n]` triple) or `list` (a YAML list
+            whose items the owner's rules check: `stages`, `mode_positions`).
         choices: the allowed strings of a `str` field.
         ge, gt, le, lt: bounds of a number.
         whole: a traced number that must be a whole number (e.g. a lag in steps).
@@ -90,6 +91,8 @@ class Field:
             return "true \\| false"
         if self.type is str:
             return self.pattern_text or (f"`{self.pattern}`" if self.pattern else "text")
+        if self.type is list:
+            return self.pattern_text or "list"
         lo = f"[{_num(self.ge)}" if self.ge is not None else (f"({_num(self.gt)}" if self.gt is not None else "(-inf")
         hi = f"{_num(self.le)}]" if self.le is not None else (f"{_num(self.lt)})" if self.lt is not None else "inf)")
         if self.type is tuple:
@@ -555,6 +558,53 @@ declare(
         symbol="η_n/η",
         label="new learning-rate scale",
         group="training",
+    ),
+    # ---- continual pipelines: K modes and stage schedules (docs/science/pipelines.md; pipeline/)
+    Field(
+        "modes",
+        "static",
+        2,
+        "modes K of the target and the learner, one per task: mode 0 is the old task (prior skills), "
+        "1 .. K-1 the post-training tasks; K > 2 needs `stages` (pipelines.md)",
+        type=int,
+        ge=2,
+        le=64,
+        symbol="K",
+        label="modes",
+        group="pipeline",
+    ),
+    Field(
+        "mode_placement",
+        "static",
+        "axis",
+        "where the K target modes sit: `axis` (mu_k* = mu_o* + k Delta s_o e_1), `simplex` (a regular "
+        "simplex of edge Delta s_o, d >= K - 1) or `explicit` (`mode_positions`); K = 2 is the same for all",
+        type=str,
+        choices=("axis", "simplex", "explicit"),
+        group="pipeline",
+    ),
+    Field(
+        "mode_positions",
+        "static",
+        None,
+        "explicit placement: K positions along e_1 (numbers) or K points of d numbers, in units of s_o* "
+        "from mu_o* (the first must be 0: mode 0 is the old mode)",
+        type=list,
+        nullable=True,
+        pattern_text="K numbers or K lists of d numbers",
+        group="pipeline",
+    ),
+    Field(
+        "stages",
+        "static",
+        None,
+        "a post-training pipeline: a list of stages, each `{steps, task, target, replay_shares}` and any "
+        "engine or training field (`objective: fkl | rkl`, `learning_rate`, `replay_ratio`, ...), run in "
+        "order in one compiled program (pipelines.md); grid a stage's traced field as `stages.1.replay_ratio`",
+        type=list,
+        nullable=True,
+        pattern_text="list of stage mappings",
+        group="pipeline",
     ),
     # ---- sweep bookkeeping
     Field(

@@ -47,6 +47,12 @@ class Setup:
         merged = {**static, **values}
         if merged.get("overlap_grid") is not None:
             merged["overlap_grid"] = tuple(merged["overlap_grid"])
+        if merged.get("mode_positions") is not None:
+            merged["mode_positions"] = _frozen(merged["mode_positions"])
+        if merged.get("stages") is not None:
+            from .pipeline.schedule import freeze
+
+            merged["stages"] = freeze(merged["stages"])  # static structure only (traced values: Hyper)
         problems = fields.violations(merged, fields.static_rules())
         if problems:
             raise ValueError(problems[0])
@@ -105,6 +111,10 @@ class Setup:
         return np.arange(self.num_logs) * self.log_every
 
 
+def _frozen(v: Any) -> Any:
+    return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def _setup_from_items(items) -> Setup:
     return Setup(**dict(items))
 
@@ -134,6 +144,12 @@ class Hyper(eqx.Module):
             raise AttributeError(f"Hyper has no field {name!r}; traced fields: {sorted(self.values)}") from None
 
 
+def _stage_value(name: str, defaults: Mapping[str, Any]) -> bool:
+    """`stages.<i>.<field>` of a traced field: a pipeline stage's own value (pipeline/schedule.py)."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[0] == "stages" and parts[1].isdigit() and parts[2] in defaults and parts[2] != SEED
+
+
 #: Name of the per-configuration integer seed leaf of `Hyper` (not a field: the sweep's seed axis).
 SEED = "seed"
 
@@ -150,10 +166,10 @@ def make_hyper(dtype=np.float32, **values: Any) -> Hyper:
     module among them) must not pull in the objectives.
     """
     defaults: Mapping[str, Any] = {**fields.defaults("traced"), SEED: 0}
-    unknown = set(values) - set(defaults)
+    unknown = {k for k in set(values) - set(defaults) if not _stage_value(k, defaults)}
     if unknown:
         raise ValueError(f"unknown Hyper field(s) {sorted(unknown)}; allowed: {list(defaults)}")
-    merged = {**defaults, **values}
+    merged = {**defaults, **values}  # a pipeline's `stages.<i>.<field>` values ride along
     arrays = {k: np.asarray(v) for k, v in merged.items()}
     shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
     dtype = np.dtype(dtype)

@@ -192,6 +192,8 @@ def seed_layout(setup: Setup, seeds: np.ndarray) -> tuple[np.ndarray | None, np.
     step) alone (`Objective.seed_shared`), `independent_noise` is on, or U > SHARE_FRACTION * n
     (sharing would save little). Both layouts give every configuration the same draws."""
     seeds = np.asarray(seeds).reshape(-1)
+    if setup.stages is not None:  # pipelines draw per configuration (pipeline/loop.py)
+        return None, None
     if setup.independent_noise or not get_objective(setup.objective).seed_shared(setup):
         return None, None
     unique, slot = np.unique(seeds, return_inverse=True)
@@ -219,7 +221,12 @@ def make_segments(
       log_every, ..., steps) and each name of PER_CONFIG_OUTPUTS -> a scalar (module doc).
 
     Running the log points in order, under any split into segments, gives the same trajectory.
+    A Setup with `stages` is a pipeline: the K-mode loop of pipeline/loop.py, same contract.
     """
+    if setup.stages is not None:
+        from .pipeline.loop import make_segments as pipeline_segments
+
+        return pipeline_segments(setup)
     objective = get_objective(setup.objective)
     optimizer = make_optimizer(setup)
     gradient = objective.noise_gradient(setup)
