@@ -242,7 +242,7 @@ def test_rkl_recovery_steps_count_the_update_rule():
 
 
 def test_rkl_recovery_time_asymptotics():
-    """The small-weight laws against the exact T (beta* = 0.5, c = 1, beta_end = 0.25, eta = 0.1).
+    """The small-weight laws against the exact T (beta* = 0.5 or 0.3, beta_end = 0.25, eta = 0.1).
 
     logit, beta_0 -> 0 with u_0 = log(c / beta_0): T / leading - 1 = 1/u_0 + 2/u_0^2 + 6/u_0^3 + ...
     (the asymptotic series of Ei), so |T / leading - 1 - 1/u_0| <= 3/u_0^2 and the three-term form
@@ -252,21 +252,23 @@ def test_rkl_recovery_time_asymptotics():
     0 <= T / T_small - 1 <= 1 / ((1 - beta_end)^p' (1 - eps)) - 1. Direct's T depends on beta_0 by at
     most beta_0 / (eta (a* - logit beta_0)) (the flow time over [0, beta_0])."""
     b1, target, eta = 0.25, 0.5, 0.1
-    for b0 in (1e-8, 1e-16, 1e-32, 1e-64):
-        u0 = math.log(1 / b0)
-        exact = float(theory.rkl_recovery_time(b0, b1, target, eta, "logit"))
-        lead = float(theory.rkl_recovery_time_asymptotic(b0, b1, target, eta, "logit", terms=1))
-        three = float(theory.rkl_recovery_time_asymptotic(b0, b1, target, eta, "logit", terms=3))
+    for b0, tgt in [(1e-8, 0.5), (1e-16, 0.5), (1e-32, 0.5), (1e-64, 0.5), (1e-9, 0.3), (1e-20, 0.3)]:
+        u0 = math.log(tgt / (1 - tgt) / b0)
+        exact = float(theory.rkl_recovery_time(b0, b1, tgt, eta, "logit"))
+        lead = float(theory.rkl_recovery_time_asymptotic(b0, b1, tgt, eta, "logit", terms=1))
+        three = float(theory.rkl_recovery_time_asymptotic(b0, b1, tgt, eta, "logit", terms=3))
         assert lead == pytest.approx(1 / (eta * b0 * u0), rel=1e-12)
         assert abs(exact / lead - 1 - 1 / u0) <= 3 / u0**2
         assert abs(exact / three - 1) <= 10 / u0**3
-    eps = -math.log(1 - b1) / math.log(1 / b1)
-    for weight_param, power in (("logit", 2), ("direct", 0), ("replicator", 1)):
-        for b0 in (1e-6, 1e-3, 0.05):
-            ratio = float(theory.rkl_recovery_time(b0, b1, target, eta, weight_param)) / float(
-                theory.rkl_recovery_time_asymptotic(b0, b1, target, eta, weight_param)
-            )
-            assert 1 - 1e-9 <= ratio <= 1 / ((1 - b1) ** power * (1 - eps)), (weight_param, b0, ratio)
+    small_end = 0.05  # the closed forms' bound is tight for beta_end << c
+    for tgt in (0.5, 0.3):  # c = 1 and c = 3/7
+        eps = -math.log(1 - small_end) / math.log(tgt / (1 - tgt) / small_end)
+        for weight_param, power in (("logit", 2), ("direct", 0), ("replicator", 1)):
+            for b0 in (1e-6, 1e-3, 0.02):
+                ratio = float(theory.rkl_recovery_time(b0, small_end, tgt, eta, weight_param)) / float(
+                    theory.rkl_recovery_time_asymptotic(b0, small_end, tgt, eta, weight_param)
+                )
+                assert 1 - 1e-9 <= ratio <= 1 / ((1 - small_end) ** power * (1 - eps)), (tgt, weight_param, b0, ratio)
     base = float(theory.rkl_recovery_time(1e-12, b1, target, eta, "direct"))
     for b0 in (1e-6, 1e-3, 0.05):
         gap = base - float(theory.rkl_recovery_time(b0, b1, target, eta, "direct"))
@@ -283,13 +285,15 @@ def test_rkl_weight_gradient_finite_separation():
     on each mode), with the gap's sign: the finite-Delta pull is weaker (recovery slower)."""
     x = np.linspace(-12.0, 3.0 + 12.0, 30001)
     for beta in (1e-3, 0.1, 0.6):
-        fd = (_rkl_grid(beta + 1e-6, 0.5, 3.0, x) - _rkl_grid(beta - 1e-6, 0.5, 3.0, x)) / 2e-6
-        assert theory.rkl_weight_gradient(beta, 0.5, 3.0) == pytest.approx(fd, rel=1e-6)
+        for tgt in (0.5, 0.3):
+            fd = (_rkl_grid(beta + 1e-6, tgt, 3.0, x) - _rkl_grid(beta - 1e-6, tgt, 3.0, x)) / 2e-6
+            assert theory.rkl_weight_gradient(beta, tgt, 3.0) == pytest.approx(fd, rel=1e-6)
     for sep in (4.0, 6.0, 8.0):
         bc = math.exp(-(sep**2) / 8)
-        for beta in (1e-4, 1e-2, 0.2):
-            gap = theory.rkl_weight_gradient(beta, 0.5, sep) - (math.log(beta / (1 - beta)) - 0.0)
-            odds = [math.sqrt((1 - b) / b) + math.sqrt(b / (1 - b)) for b in (beta, 0.5)]
+        for beta, tgt in [(1e-4, 0.5), (1e-2, 0.5), (0.2, 0.5), (1e-3, 0.3), (0.1, 0.3)]:
+            separated = math.log(beta / (1 - beta)) - math.log(tgt / (1 - tgt))
+            gap = theory.rkl_weight_gradient(beta, tgt, sep) - separated
+            odds = [math.sqrt((1 - b) / b) + math.sqrt(b / (1 - b)) for b in (beta, tgt)]
             assert 0 < gap <= bc * sum(odds), (sep, beta, gap)
 
 
