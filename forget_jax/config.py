@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from . import fields, items, objectives  # noqa: F401  (items and objectives declare fields)
+from .pipeline import schedule
 from .spec import Setup
 
 
@@ -82,12 +83,19 @@ class ConfigBase(BaseModel):
         def __getattr__(self, name: str) -> Any: ...
 
     def setup(self) -> Setup:
-        """The static fields as a `Setup` (one compile group)."""
+        """The static fields as a `Setup` (one compile group; a pipeline's stages keep their static
+        structure only, `schedule.freeze`)."""
         return Setup(**{k: getattr(self, k) for k in fields.names("static")})
 
     def hyper_values(self) -> dict[str, float]:
-        """The traced fields (everything `make_hyper` takes but the seed)."""
-        return {k: getattr(self, k) for k in fields.names("traced")}
+        """The traced fields (everything `make_hyper` takes but the seed); for a pipeline also each
+        stage's value of every traced field as `stages.<i>.<field>` (the stage's own value, else
+        the top-level one)."""
+        values = {k: getattr(self, k) for k in fields.names("traced")}
+        for i, stage in enumerate(self.stages or ()):
+            for name in fields.names("traced"):
+                values[schedule.traced_name(i, name)] = stage.get(name, values[name])
+        return values
 
 
 def _whole(name: str):
@@ -129,6 +137,12 @@ def _strict(f: fields.Field):
             if not isinstance(v, str):
                 raise ValueError(f"Input should be a string, got {_type_name(v)}")
             return v
+        if f.type is list:
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            if not isinstance(v, (list, tuple)):
+                raise ValueError(f"Input should be a list, got {_type_name(v)}")
+            return list(v)
         if f.type is tuple:
             if isinstance(v, np.ndarray):
                 v = v.tolist()
@@ -163,6 +177,8 @@ def _pydantic_field(f: fields.Field) -> tuple[Any, Any]:
         annotation = Literal[f.choices]
     elif f.type is tuple:
         annotation = tuple[float, float, int]
+    elif f.type is list:  # its items are checked by the owner (`stages`, `mode_positions`: _pipeline)
+        annotation = list[Any]
     else:
         annotation = f.type
     validators: list[Any] = [BeforeValidator(_strict(f))]
@@ -215,9 +231,16 @@ def base_fields() -> tuple[str, ...]:
     return tuple(fields.all_fields())
 
 
-def griddable_fields() -> tuple[str, ...]:
-    """The keys a `grid:` may sweep: every static and traced field."""
-    return (*fields.names("static"), *fields.names("traced"))
+def griddable_fields(stages: int = 0) -> tuple[str, ...]:
+    """The keys a `grid:` may sweep: every static and traced field but the `list` ones; with
+    `stages` stages, also each stage's traced fields as `stages.<i>.<field>` (a stage's static
+    fields define its program and are set in the stage itself)."""
+    table = fields.all_fields()
+    plain = tuple(k for k in (*fields.names("static"), *fields.names("traced")) if table[k].type is not list)
+    if not stages:
+        return plain
+    per_stage = [k for k in schedule.stage_fields() if table[k].kind == "traced"]
+    return (*plain, *(schedule.traced_name(i, k) for i in range(stages) for k in per_stage))
 
 
 def __getattr__(name: str):
@@ -562,9 +585,17 @@ class SweepSpec:
         return self.with_values({k: v[i] for (k, v), i in zip(self.axes.items(), index[:-1])})
 
     def with_values(self, values: dict) -> ConfigBase:
-        """The base configuration with some fields replaced (validated)."""
-        plain = {k: _plain(v) for k, v in values.items()}
-        return config_model().model_validate({**self.base.model_dump(), **plain})
+        """The base configuration with some fields replaced (validated); `stages.<i>.<field>`
+        replaces stage i's value."""
+        plain = {k: _plain(v) for k, v in values.items() if schedule.split_name(k) is None}
+        data = {**self.base.model_dump(), **plain}
+        staged = {k: v for k, v in values.items() if schedule.split_name(k) is not None}
+        if staged:
+            data["stages"] = [dict(s) for s in data["stages"]]
+            for k, v in staged.items():
+                i, name = schedule.split_name(k)  # type: ignore[misc]
+                data["stages"][i][name] = _plain(v)
+        return config_model().model_validate(data)
 
     def to_yaml(self) -> str:
         data = self.base.model_dump(mode="json")
@@ -682,6 +713,14 @@ def _load(source: Any) -> SweepSpec:
     for key in raw:
         if not isinstance(key, str):
             raise ConfigError(f"key {_short(key)}: config keys are field names (strings)", field="config")
+    if raw.get("stages") is not None:
+        raw = _pipeline(raw)
+    elif raw.get("modes", 2) != 2:
+        raise ConfigError(
+            f"modes={raw['modes']!r}: K > 2 modes need a pipeline (`stages:`); the two-mode engine runs K = 2",
+            field="modes",
+        )
+    stage_count = len(raw["stages"]) if raw.get("stages") is not None else 0
     grid_in = raw.get("grid")
     if grid_in is None:
         grid_in = {}
@@ -690,8 +729,14 @@ def _load(source: Any) -> SweepSpec:
             f"grid={_short(grid_in)}: must be a mapping field -> list or range, got {type(grid_in).__name__}",
             field="grid",
         )
-    griddable = griddable_fields()
+    griddable = griddable_fields(stage_count)
     for key in grid_in:
+        if stage_count and key in _PIPELINE_FIXED:
+            raise ConfigError(
+                f"grid.{key}: fixed for a whole pipeline sweep (the store's step and mode axes follow it); "
+                f"grid a stage's traced fields instead (stages.<i>.<field>)",
+                field=f"grid.{key}",
+            )
         if not isinstance(key, str) or key not in griddable:
             close = difflib.get_close_matches(str(key), griddable, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -722,7 +767,8 @@ def _load(source: Any) -> SweepSpec:
     # the axes that cross-field rules read
     axes: dict[str, list] = {}
     for k, spec in grid.items():
-        adapter = _field_adapter(k)
+        staged = schedule.split_name(k)
+        adapter = _field_adapter(staged[1] if staged else k)
         checked = []
         for v in _expand_axis(k, spec):
             try:
@@ -740,6 +786,8 @@ def _load(source: Any) -> SweepSpec:
             seen[v] = i
         axes[k] = checked
     spec = SweepSpec(base, axes)
+    if stage_count:
+        _check_pipeline(spec)
     values = {k: getattr(base, k) for k in fields.all_fields()}
     cross = fields.cross_fields()
     combo_axes = [(k, v) for k, v in spec.axes.items() if k in cross]
@@ -756,3 +804,120 @@ def _load(source: Any) -> SweepSpec:
                     field = f"grid.{gridded[-1]}" if gridded else rule.fields[-1]
                     raise ConfigError(f"{message} (at grid point {where})", field=field)
     return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines (pipeline/schedule.py; docs/science/pipelines.md)
+
+#: Keys a pipeline sweep may not grid: the stages, the log grid and the mode layout shape its store.
+_PIPELINE_FIXED = frozenset({"steps", "log_every", "modes", "mode_placement", "mode_positions", "stages"})
+
+#: Largest number of grid points whose every combination of stage axes is checked (beyond it each
+#: axis value is checked alone).
+_MAX_PIPELINE_CHECKS = 20_000
+
+
+def _field_value(name: str, raw: Mapping[str, Any], key: str | None = None) -> Any:
+    """A top-level field's validated value (its default when unset)."""
+    value = raw.get(name, fields.get(name).default)
+    try:
+        return _field_adapter(name).validate_python(value)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, prefix=key or name), field=key or name) from None
+
+
+def _pipeline(raw: dict) -> dict:
+    """Check a pipeline's `stages` (shape, each value, steps multiples of log_every, tasks in
+    range), its mode placement, and set `steps` to the stages' total."""
+    modes = _field_value("modes", raw)
+    log_every = _field_value("log_every", raw)
+    dim = _field_value("dim", raw)
+
+    def validate(name: str, value: Any, key: str) -> Any:
+        return _field_value(name, {name: value}, key)
+
+    try:
+        stages = schedule.normalise(raw["stages"], validate, log_every, modes)
+    except schedule.StageError as exc:
+        raise ConfigError(str(exc), field=exc.field) from None
+    total = sum(s["steps"] for s in stages)
+    if "steps" in raw and raw["steps"] != total:
+        raise ConfigError(
+            f"steps={raw['steps']!r}: a pipeline runs the sum of its stages' steps ({total}); drop `steps` "
+            "or make it equal",
+            field="steps",
+        )
+    placement = _field_value("mode_placement", raw)
+    positions = raw.get("mode_positions")
+    if placement == "explicit":
+        _check_positions(positions, modes, dim)
+    elif positions is not None:
+        raise ConfigError(
+            f"mode_positions={_short(positions)}: read with mode_placement: explicit only (got {placement})",
+            field="mode_positions",
+        )
+    if placement == "simplex" and dim < modes - 1:
+        raise ConfigError(
+            f"mode_placement=simplex: K={modes} modes on a regular simplex need dim >= {modes - 1}, got dim={dim}",
+            field="mode_placement",
+        )
+    return {**raw, "stages": stages, "steps": total}
+
+
+def _check_positions(positions: Any, modes: int, dim: int) -> None:
+    what = f"{modes} numbers (positions along e_1) or {modes} lists of dim={dim} numbers"
+    ok = isinstance(positions, (list, tuple)) and len(positions) == modes
+    if ok:
+        flat = [p if isinstance(p, (list, tuple)) else [p] for p in positions]
+        lengths = {len(p) for p in flat}
+        numbers = all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for p in flat for x in p
+        )
+        ok = numbers and ((lengths == {1} and not isinstance(positions[0], (list, tuple))) or lengths == {dim})
+        if ok and any(x != 0 for x in flat[0]):
+            raise ConfigError(
+                f"mode_positions={_short(positions)}: the first position must be 0 (mode 0 is the old mode at mu_o*)",
+                field="mode_positions",
+            )
+    if not ok:
+        raise ConfigError(f"mode_positions={_short(positions)}: must be {what}", field="mode_positions")
+
+
+def _check_pipeline(spec: SweepSpec) -> None:
+    """Every stage of every grid point: `schedule.check_point` (objectives the K-mode engine has,
+    replay with an earlier task, shares per earlier task, the field table's rules), and population
+    quadrature in at most two dimensions."""
+    base = spec.base
+    stages = base.stages
+    from .pipeline.modes import frame
+
+    setup = base.setup()
+    populations = [schedule.build(setup.stages)[i].value("estimator", base.estimator) for i in range(len(stages))]
+    if "population" in populations and frame(setup).shape[1] > 2:
+        raise ConfigError(
+            f"estimator=population: the {base.modes} target modes span {frame(setup).shape[1]} dimensions and "
+            "population quadrature runs in at most 2; use a Monte Carlo estimator or mode_placement: axis",
+            field="estimator",
+        )
+    values = {k: getattr(base, k) for k in fields.all_fields()}
+    values.update(base.hyper_values())
+    axes = list(spec.axes.items())
+    combos = math.prod(len(v) for _, v in axes)
+    if combos <= _MAX_PIPELINE_CHECKS:
+        points = (
+            dict(zip((k for k, _ in axes), combo, strict=True)) for combo in itertools.product(*(v for _, v in axes))
+        )
+    else:
+        points = ({k: v} for k, vs in axes for v in vs)
+    for update in points:
+        point = {**values, **update}
+        for k, v in update.items():  # a top-level traced value is every stage's default
+            if schedule.split_name(k) is None and fields.get(k).kind == "traced":
+                for i, raw in enumerate(stages):
+                    if k not in raw and schedule.traced_name(i, k) not in update:
+                        point[schedule.traced_name(i, k)] = v
+        problem = schedule.check_point(point, stages)
+        if problem:
+            message, field = problem
+            where = ", ".join(f"{k}={v!r}" for k, v in update.items())
+            raise ConfigError(f"{message}" + (f" (at grid point {where})" if where else ""), field=field)

@@ -40,6 +40,16 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
+#: Per-mode metrics of a pipeline (pipeline/loop.py; shape (num_logs, K) per configuration, store
+#: dimension `mode`): name -> (symbol, words) (docs/science/pipelines.md).
+MODE_METRICS: dict[str, tuple[str, str]] = {
+    "mode_weight": ("w_k", "mode weight"),
+    "mode_drift": ("δ_k", "mode drift"),
+    "mode_mean_position": ("m_k", "mode mean position"),
+    "mode_starved_fraction": ("P_miss,k", "mode starved fraction"),
+}
+MODE_METRIC_NAMES: tuple[str, ...] = tuple(MODE_METRICS)
+
 
 def old_drift(params: LearnerParams, target: Mixture) -> Scalar:
     """delta = ||m_o - mu_o*|| / s_o* (D2; Mahalanobis with the old component's covariance)."""

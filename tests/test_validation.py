@@ -80,6 +80,82 @@ def _field_rows() -> list[tuple[str, dict, str]]:
 
 BAD_NAMES = ["../x", "a/b", ".hidden", "a..b", "", "x" * 201, "a b", "a\\b", "~/x", "-x"]
 
+# bad pipelines (issue 10): each names the stage and the key (docs/science/pipelines.md)
+_ONE = [{"steps": 10, "task": 1}]
+PIPELINE_ROWS: list[tuple[str, dict, str]] = [
+    ("not-a-list", {"stages": 5}, "stages"),
+    ("empty", {"stages": []}, "stages"),
+    ("stage-not-mapping", {"stages": [3]}, "stages.0"),
+    ("missing-steps", {"stages": [{"task": 1}]}, "stages.0.steps"),
+    ("task-does-not-exist", {"stages": [{"steps": 10, "task": 2}]}, "stages.0.task"),
+    ("task-not-int", {"stages": [{"steps": 10, "task": "new"}]}, "stages.0.task"),
+    ("replay-no-earlier-task", {"stages": [{"steps": 10, "task": 0, "replay_ratio": 0.1}]}, "stages.0.replay_ratio"),
+    (
+        "top-replay-no-earlier-task",
+        {"replay_ratio": 0.1, "stages": [{"steps": 10, "task": 0}]},
+        "stages.0.replay_ratio",
+    ),
+    (
+        "grid-replay-no-earlier-task",
+        {"stages": [{"steps": 10, "task": 0}], "grid": {"stages.0.replay_ratio": [0.0, 0.1]}},
+        "stages.0.replay_ratio",
+    ),
+    ("steps-not-multiple", {"log_every": 10, "stages": [{"steps": 25, "task": 1}]}, "stages.0.steps"),
+    ("unknown-key", {"stages": [{"steps": 10, "task": 1, "tsk": 1}]}, "stages.0.tsk"),
+    ("pipeline-wide-field", {"stages": [{"steps": 10, "task": 1, "dim": 2}]}, "stages.0.dim"),
+    ("objective-two-mode-only", {"stages": [{"steps": 10, "task": 1, "objective": "sdft"}]}, "stages.0.objective"),
+    ("fkl-without-task", {"stages": [{"steps": 10}]}, "stages.0.task"),
+    (
+        "rkl-replay",
+        {"stages": [*_ONE, {"steps": 10, "objective": "rkl", "replay_ratio": 0.1}]},
+        "stages.1.replay_ratio",
+    ),
+    (
+        "shares-per-earlier-task",
+        {"modes": 3, "stages": [*_ONE, {"steps": 10, "task": 2, "replay_ratio": 0.2, "replay_shares": [1.0]}]},
+        "stages.1.replay_shares",
+    ),
+    ("shares-sum", {"stages": [{"steps": 10, "task": 1, "replay_shares": [0.5]}]}, "stages.0.replay_shares"),
+    ("value-out-of-bounds", {"stages": [{"steps": 10, "task": 1, "learning_rate": -1}]}, "stages.0.learning_rate"),
+    ("target-not-a-choice", {"stages": [{"steps": 10, "objective": "rkl", "target": "sen"}]}, "stages.0.target"),
+    (
+        "stage-stratified",
+        {"stages": [{"steps": 10, "task": 1, "estimator": "pathwise", "sampling": "stratified"}]},
+        "stages.0.sampling",
+    ),
+    (
+        "grid-stage-out-of-range",
+        {"stages": _ONE, "grid": {"stages.3.learning_rate": [0.1, 0.2]}},
+        "stages.3.learning_rate",
+    ),
+    (
+        "grid-stage-static",
+        {"stages": _ONE, "grid": {"stages.0.estimator": ["population", "pathwise"]}},
+        "stages.0.estimator",
+    ),
+    ("grid-steps", {"stages": _ONE, "grid": {"steps": [10, 20]}}, "grid.steps"),
+    (
+        "grid-stage-bad-value",
+        {"stages": _ONE, "grid": {"stages.0.learning_rate": [0.1, -1.0]}},
+        "grid.stages.0.learning_rate",
+    ),
+    ("modes-without-stages", {"modes": 3}, "modes"),
+    ("steps-not-the-sum", {"steps": 50, "stages": _ONE}, "steps"),
+    ("simplex-needs-dim", {"modes": 3, "mode_placement": "simplex", "stages": _ONE}, "mode_placement"),
+    ("positions-without-explicit", {"mode_positions": [0, 3], "stages": _ONE}, "mode_positions"),
+    ("positions-length", {"mode_placement": "explicit", "mode_positions": [0, 3, 6], "stages": _ONE}, "mode_positions"),
+    (
+        "positions-first-not-zero",
+        {"mode_placement": "explicit", "mode_positions": [1, 3], "stages": _ONE},
+        "mode_positions",
+    ),
+    (
+        "population-in-3-dims",
+        {"modes": 4, "dim": 3, "mode_placement": "simplex", "estimator": "population", "stages": _ONE},
+        "estimator",
+    ),
+]
+
 HAND_ROWS: list[tuple[str, dict, str]] = [
     *[(f"name-{i}", {"name": n}, "name") for i, n in enumerate(BAD_NAMES)],
     ("steps-string-20", {"steps": "20"}, "steps"),
@@ -146,6 +222,7 @@ HAND_ROWS: list[tuple[str, dict, str]] = [
     ("seeds-numpy-fraction", {"seeds": np.float64(2.5)}, "seeds"),
     ("steps-numpy-bool", {"steps": np.bool_(True)}, "steps"),
     ("learning-rate-numpy-nan", {"learning_rate": np.float32("nan")}, "learning_rate"),
+    *[(f"pipeline-{name}", raw, field) for name, raw, field in PIPELINE_ROWS],
 ]
 
 ROWS = _field_rows() + HAND_ROWS

@@ -30,6 +30,7 @@ import optax
 
 from .. import items, metrics
 from .._types import Array, Bool, Float, Int, Scalar
+from ..metrics import MODE_METRIC_NAMES, MODE_METRICS  # noqa: F401  (re-exported: the loop's outputs)
 from ..model import LearnerParams
 from ..objectives import get_objective
 from ..spec import Hyper, Setup
@@ -37,16 +38,6 @@ from ..update import make_optimizer
 from . import modes as mm
 from . import objectives as po
 from .schedule import Stage, build, traced_name
-
-#: Per-mode metrics (shape (num_logs, K) per configuration; store dimension `mode`): name ->
-#: (symbol, words) for plot labels (docs/science/pipelines.md section 4).
-MODE_METRICS: dict[str, tuple[str, str]] = {
-    "mode_weight": ("w_k", "mode weight"),
-    "mode_drift": ("δ_k", "mode drift"),
-    "mode_mean_position": ("m_k", "mode mean position"),
-    "mode_starved_fraction": ("P_miss,k", "mode starved fraction"),
-}
-MODE_METRIC_NAMES: tuple[str, ...] = tuple(MODE_METRICS)
 
 #: Two-mode metrics the K-mode engine computes for K > 2 (the rest are NaN there; for K = 2 the
 #: pipeline reports every two-mode metric through metrics.measure).

@@ -95,12 +95,15 @@ def frame(setup: Setup) -> np.ndarray:
     of population quadrature and of the exact metrics (learner means stay in it under population
     dynamics: they start at target means plus offsets along e_1, which is in the span)."""
     u = unit_positions(setup)
-    e1 = np.zeros((setup.dim, 1))
-    e1[0, 0] = 1.0
-    spread = np.concatenate([e1, (u[1:] - u[0]).T], axis=1)
-    q, r = np.linalg.qr(spread)
-    keep = np.abs(np.diag(r)) > 1e-9 * max(1.0, np.abs(r).max())
-    return q[:, keep] if keep.any() else q[:, :1]
+    e1 = np.zeros(setup.dim)
+    e1[0] = 1.0
+    basis = [e1]
+    for v in u[1:] - u[0]:  # Gram-Schmidt from e_1, in mode order (K = 2 on the axis: e_1 alone)
+        residual = v - sum(np.dot(v, b) * b for b in basis)
+        norm = np.linalg.norm(residual)
+        if norm > 1e-9 * max(1.0, np.linalg.norm(v)):
+            basis.append(residual / norm)
+    return np.stack(basis, axis=1)
 
 
 def _unit(setup: Setup, hyper: Hyper) -> Float[Array, "K d"]:

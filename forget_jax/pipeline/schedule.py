@@ -115,7 +115,9 @@ def normalise(raw: Any, validate: Callable[[str, Any, str], Any], log_every: int
         if not isinstance(stage, Mapping):
             raise StageError(f"{where}={stage!r}: a stage is a mapping of keys to values", where)
         if "steps" not in stage:
-            raise StageError(f"{where}: every stage needs `steps` (its optimisation steps)", f"{where}.steps")
+            raise StageError(
+                f"{where}.steps: missing; every stage needs `steps` (its optimisation steps)", f"{where}.steps"
+            )
         clean: dict[str, Any] = {}
         for key, value in stage.items():
             k = f"{where}.{key}"
@@ -287,7 +289,10 @@ def check_point(values: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) 
             )
         replay = float(get("replay_ratio"))
         if objective == "fkl" and stage.task is None:
-            return f"{where}: an fkl stage trains on a task: set `task` (0 .. {values['modes'] - 1})", f"{where}.task"
+            return (
+                f"{where}.task: missing; an fkl stage trains on a task: set `task` (0 .. {values['modes'] - 1})",
+                f"{where}.task",
+            )
         if objective == "rkl" and replay > 0:
             return (
                 f"{where}.replay_ratio={replay}: replay in a pipeline's rkl stage is not available (T6 replay runs in "
