@@ -46,9 +46,19 @@ from .._cache import enable_compilation_cache
 from .._version import __version__
 from ..config import ConfigError, SweepSpec
 from ..limits import Limits, check_limits
-from ..metrics import METRIC_NAMES
 from ..spec import make_hyper
-from ..store import StoreError, check_compatible, coordinates, create, done_blocks, finalize, open_store, write_block
+from ..store import (
+    StoreError,
+    check_compatible,
+    coordinates,
+    create,
+    dataset_coordinates,
+    done_blocks,
+    finalize,
+    metric_dims,
+    open_store,
+    write_block,
+)
 from ..train import PER_CONFIG_OUTPUTS, compiler_options, make_segments, precision, seed_layout
 from . import extend as extend_mod
 from . import interrupts
@@ -288,8 +298,8 @@ def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunCo
     steps = coordinates(spec)["step"]
     positions = np.searchsorted(steps, steps_of)
     metrics = {}
-    for name in METRIC_NAMES:
-        full = np.full((n, len(steps)), np.nan, dtype=out[name].dtype)
+    for name in metric_dims(spec):  # METRIC_NAMES (n, num_logs); a pipeline's per-mode ones (n, num_logs, K)
+        full = np.full((n, len(steps), *out[name].shape[2:]), np.nan, dtype=out[name].dtype)
         full[:, positions] = out[name][:n]
         metrics[name] = full
     per_config = {name: out[name][:n] for name in PER_CONFIG_OUTPUTS if name in out}
@@ -576,11 +586,11 @@ def _compute_block(spec, plan, block, devices, ctx: RunContext, source):
     if source is None:
         return run_block(spec, plan, block, devices, ctx)
     present = source.present(block.region).ravel()
-    names = (*METRIC_NAMES, *PER_CONFIG_OUTPUTS)
+    names = (*metric_dims(spec), *PER_CONFIG_OUTPUTS)
     copied = source.read(block.region, names) if present.any() else {}
     if present.all():
         ctx.advance(config_steps(spec, [block]))
-        metrics = {k: copied[k].reshape(block.size, -1) for k in METRIC_NAMES}
+        metrics = {k: copied[k].reshape(block.size, *copied[k].shape[len(block.shape) :]) for k in metric_dims(spec)}
         per_config = {k: copied[k].reshape(block.size) for k in PER_CONFIG_OUTPUTS if k in copied}
         return metrics, per_config, dict(compile_s=0.0, run_s=0.0, wall_s=0.0, copied=block.size)
     subset = np.flatnonzero(~present)
@@ -595,7 +605,7 @@ def _compute_block(spec, plan, block, devices, ctx: RunContext, source):
 
 
 def _write(out, spec, block, metrics, per_config, timing) -> None:
-    shaped = {k: v.reshape(*block.shape, v.shape[-1]) for k, v in metrics.items()}
+    shaped = {k: v.reshape(*block.shape, *v.shape[1:]) for k, v in metrics.items()}
     extra = {k: v.reshape(block.shape) for k, v in per_config.items()}
     diverged = extra.pop("diverged")
     write_block(out, spec, block, shaped, diverged, timing, extra=extra)
@@ -604,9 +614,10 @@ def _write(out, spec, block, metrics, per_config, timing) -> None:
 
 def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on_advance, max_hours) -> xr.Dataset:
     coords = coordinates(spec)
-    n_steps = len(coords["step"])
     dtype = np.float64 if spec.base.x64 else np.float32
-    arrays = {name: np.full((*spec.shape, n_steps), np.nan, dtype=dtype) for name in METRIC_NAMES}
+    var_dims = metric_dims(spec)  # METRIC_NAMES over (grid..., seed, step); a pipeline's per-mode ones add `mode`
+    trailing = {name: tuple(len(coords[d]) for d in dims[len(spec.dims) :]) for name, dims in var_dims.items()}
+    arrays = {name: np.full((*spec.shape, *trailing[name]), np.nan, dtype=dtype) for name in var_dims}
     per_config = {
         "diverged": np.zeros(spec.shape, dtype=bool),
         "diverged_reason": np.zeros(spec.shape, dtype=np.int32),
@@ -627,8 +638,8 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on
     try:
         for block in plan.blocks:
             metrics, outputs, timing = run_block(spec, plan, block, devices, ctx)
-            for name in METRIC_NAMES:
-                arrays[name][block.region] = metrics[name].reshape(*block.shape, n_steps)
+            for name in var_dims:
+                arrays[name][block.region] = metrics[name].reshape(*block.shape, *trailing[name])
             for name, value in outputs.items():
                 per_config[name][block.region] = value.reshape(block.shape)
             compile_s += timing["compile_s"]
@@ -636,7 +647,7 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on
     finally:
         bar.close()
     dims = spec.dims
-    data_vars = {name: ((*dims, "step"), arrays[name]) for name in METRIC_NAMES}
+    data_vars = {name: (var_dims[name], arrays[name]) for name in var_dims}
     for name, value in per_config.items():
         data_vars[name] = (dims, value)
     data_vars["completed"] = (dims, np.ones(spec.shape, dtype=bool))
@@ -647,7 +658,12 @@ def _run_in_memory(spec: SweepSpec, plan: Plan, devices, progress: bool, ctx, on
         "wall_time_s": time.perf_counter() - start,
         "chunk_shape": list(plan.chunk_shape),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds = xr.Dataset(data_vars, coords=dataset_coordinates(spec), attrs=attrs)
+    if store_mod.is_pipeline(spec):  # a pipeline's Dataset carries the store's attributes (two-mode: as before)
+        ds.attrs.update(store_mod.schedule_attrs(spec))
+        for name, values in store_mod.variable_attrs(spec).items():
+            ds[name].attrs.update(values)
+    return ds
 
 
 def initialize_distributed(
