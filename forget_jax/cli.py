@@ -3,6 +3,8 @@
   forget-jax --version
   forget-jax sweep CONFIG.yaml --out STORE [--resume] [--shard i/N] [--chunk-size N] [--x64]
   forget-jax plot STORE [--x FIELD --y FIELD --var VAR --step last --sel field=value] [--out FILE.png]
+  forget-jax plot STORE --var mode_weight --mode K --stage S --x FIELD --y FIELD   (pipeline stores)
+  forget-jax plot STORE --stacked --sel field=value                                (pipeline stores)
   forget-jax info STORE
   forget-jax verify STORE
   forget-jax plan CONFIG.yaml [--chunk-size N] [--no-probe]
@@ -347,10 +349,28 @@ def plot(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="output image (.png or .pdf); default STORE.<var>.png")
     ] = None,
+    mode: Annotated[
+        int | None,
+        typer.Option(help="pipeline stores: the mode (task) k of a per-mode variable (mode_weight, mode_drift, ...)"),
+    ] = None,
+    stage: Annotated[
+        int | None,
+        typer.Option(help="pipeline stores: plot the value at the last logged step of this stage (instead of --step)"),
+    ] = None,
+    stacked: Annotated[
+        bool,
+        typer.Option(
+            "--stacked",
+            help="pipeline stores: the mode weights of one configuration (--sel picks it) as stacked areas over "
+            "the steps, with the stage boundaries and labels",
+        ),
+    ] = False,
 ):
-    """Phase diagram (heatmap over two grid axes) or trajectories (variable vs step)."""
+    """Phase diagram (heatmap over two grid axes) or trajectories (variable vs step); for pipeline
+    stores also per-task variables at the end of a stage (--var mode_weight --mode 1 --stage 1) and
+    the stacked mode weights over the stages (--stacked --sel ...)."""
     with user_errors():
-        from .plots import default_out, plot_store
+        from .plots import default_out, plot_mode_weights, plot_store
         from .store import open_store
 
         ds = open_store(store)
@@ -360,8 +380,16 @@ def plot(
                 raise ValueError(f"--sel {item!r}: expected field=value")
             k, v = item.split("=", 1)
             selections[k.strip()] = v.strip()
-        target = out or default_out(ds, var)
-        plot_store(ds, x=x, y=y, var=var, step=step, sel=selections, out=target)
+        if stacked:
+            if x is not None or y is not None or mode is not None or stage is not None:
+                raise ValueError("--stacked draws the mode weights over all steps: drop --x, --y, --mode and --stage")
+            shown = "mode_weight" if var == "old_weight" else var
+            target = out or default_out(ds, f"{shown}_stacked")
+            plot_mode_weights(ds, sel=selections, out=target, var=shown)
+        else:
+            name = var + (f"_mode{mode}" if mode is not None else "") + (f"_stage{stage}" if stage is not None else "")
+            target = out or default_out(ds, name)
+            plot_store(ds, x=x, y=y, var=var, step=step, sel=selections, out=target, mode=mode, stage=stage)
         typer.echo(f"wrote {target}")
 
 

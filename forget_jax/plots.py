@@ -32,6 +32,17 @@ written. `default_out(ds, var)` is the file the CLI writes by default: `<store>.
 the store the Dataset was opened from, else `<name>.<var>.png` in the working directory with the
 sweep `name` reduced to a plain file name (no folders: `name: ../x` writes `x.<var>.png` here).
 
+Pipeline stores (a config with `stages:`; store dims add `mode`, coordinate `stage` along `step`):
+
+* `plot_store(..., var="mode_weight", mode=k, stage=s)` draws any of the views above for the
+  per-task variable of mode k (`mode` picks it first), at the last logged step of stage s
+  (`stage` picks the step; trajectories ignore it): e.g. the phase diagram of w_1 at the end of
+  stage 1 over two grid axes such as `stages.1.replay_ratio` (label "λ (stage 1) replay ratio").
+* `plot_mode_weights(ds, sel, out)`: the K mode weights of one configuration (`sel` picks it;
+  seeds averaged) as stacked areas over the steps, with a vertical line at every stage boundary
+  and each stage's label (objective, task, replay) on top; dashed, the FKL population optimum of
+  each FKL stage's weights (P1, `theory.fkl_stage_weights`) as cumulative levels over its span.
+
 `theory_overlay` is the public helper that evaluates those overlays on arrays of parameters.
 User mistakes (unknown variable, field, step or `sel` value) raise `ValueError` with one line
 that names the thing and lists what is allowed; the CLI prints it as `error: ...`.
@@ -58,7 +69,7 @@ from .metrics import METRICS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["LABELS", "default_out", "label", "plot_store", "theory_overlay"]
+__all__ = ["LABELS", "default_out", "label", "plot_mode_weights", "plot_store", "stage_end_step", "theory_overlay"]
 
 #: (symbol, words) of the store's non-field names; fields take theirs from the field table
 #: (fields.py) and metrics from metrics.METRICS.
@@ -69,9 +80,28 @@ _SUFFIXES = (".png", ".pdf", ".svg")
 _STARVATION_LEVELS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
 
+#: A per-mode variable with its mode picked (`plot_store(..., mode=k)`): `<var>[<k>]`.
+_MODE_PICKED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[(\d+)\]")
+
+
 def label(name: str) -> str:
-    """Axis label of a field or variable: its symbol, then its name in words ("λ replay ratio")."""
-    known = fields.label(name) or METRICS.get(name) or LABELS.get(name)
+    """Axis label of a field or variable: its symbol, then its name in words ("λ replay ratio");
+    a pipeline stage's field `stages.<i>.<field>` reads "λ (stage 1) replay ratio", a per-mode
+    variable with its mode picked, `mode_weight[1]`, reads "w_1 mode weight (mode 1)"."""
+    from .pipeline.loop import MODE_METRICS
+    from .pipeline.schedule import split_name
+
+    staged = split_name(name)
+    if staged is not None:
+        known = fields.label(staged[1])
+        symbol, words = known if known is not None else ("", staged[1].replace("_", " "))
+        return f"{symbol} (stage {staged[0]}) {words}".strip()
+    picked = _MODE_PICKED.fullmatch(name)
+    if picked is not None and picked.group(1) in MODE_METRICS:
+        symbol, words = MODE_METRICS[picked.group(1)]
+        k = picked.group(2)
+        return f"{symbol.replace('_k', '_' + k).replace(',k', ',' + k)} {words} (mode {k})"
+    known = fields.label(name) or METRICS.get(name) or LABELS.get(name) or MODE_METRICS.get(name)
     symbol, words = known if known is not None else ("", name.replace("_", " "))
     return f"{symbol} {words}".strip()
 
@@ -678,6 +708,8 @@ def plot_store(
     step: str | int = "last",
     sel: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
+    mode: int | str | None = None,
+    stage: int | str | None = None,
 ) -> Figure:
     """Draw `var` from a store; return the Figure, and save it to `out` when given (.png at 150 dpi, .pdf or .svg).
 
@@ -702,6 +734,10 @@ def plot_store(
             always are, except on line plots, which show the seed range as a band.
         out: the image file to write (parent folders are created); None writes nothing (see
             `default_out` for the CLI's default file).
+        mode: pipeline stores: the mode k of a per-mode variable (dims ..., step, mode), needed
+            for those (`mode_weight`, `mode_drift`, ...) and refused for the others.
+        stage: pipeline stores: draw the value at the last logged step of stage s (the store's
+            `stage` coordinate) instead of `step` (which must then stay 'last').
 
     Runs flagged `diverged` are masked before averaging and counted in the title. Where docs/science/claims.md
     has a closed form for `var` on the drawn axes, it is overlaid dashed (`theory_overlay`:
@@ -723,8 +759,15 @@ def plot_store(
             raise ValueError(
                 f"out={str(out)!r}: unsupported file type {suffix or '(none)'!r}; use .png or .pdf (or .svg)"
             )
+    ds, var = _pick_mode(ds, var, mode)
+    if stage is not None:
+        if str(step).strip().lower() != "last":
+            raise ValueError(f"step={step!r} and stage={stage!r}: give one of them (stage picks its last logged step)")
+        end, index = stage_end_step(ds, stage)
+        step_info = _Step("index", index, end, note=f"end of stage {int(stage)}: {_stage_text(ds, int(stage))}")
     req = _resolve(ds, x, y, var, sel)
-    step_info = _resolve_step(ds, step)
+    if stage is None:
+        step_info = _resolve_step(ds, step)
 
     wide = req.kind != "heatmap" and req.hue is not None
     fig = Figure(figsize=(8.2 if wide else 6.8, 5.2), layout="constrained")
@@ -742,6 +785,249 @@ def plot_store(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=150 if suffix == ".png" else None)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# pipelines: per-mode variables, stages, stacked mode weights
+
+
+def _pick_mode(ds: xr.Dataset, var: str, mode: int | str | None) -> tuple[xr.Dataset, str]:
+    """(ds, var) with a per-mode variable's mode picked: the variable `<var>[<k>]` (its label
+    names the mode) added to a shallow copy of `ds`; unchanged for a variable without `mode`."""
+    has_mode = var in ds.data_vars and "mode" in ds[var].dims
+    if not has_mode:
+        if mode is not None:
+            per_mode = [n for n in ds.data_vars if "mode" in ds[n].dims]
+            raise ValueError(
+                f"mode={mode!r}: {var!r} has no mode axis"
+                + (f"; per-mode variables: {', '.join(per_mode)}" if per_mode else " (not a pipeline store)")
+            )
+        return ds, var
+    modes = ds["mode"].values
+    if mode is None:
+        raise ValueError(f"var={var!r} is per mode: pick one with mode=k (--mode K), k in {_allowed(modes)}")
+    try:
+        k = int(str(mode).strip())
+    except ValueError:
+        raise ValueError(f"mode={mode!r} is not a mode of this store; allowed: {_allowed(modes)}") from None
+    if k not in modes.tolist():
+        raise ValueError(f"mode={mode!r} is not a mode of this store; allowed: {_allowed(modes)}")
+    name = f"{var}[{k}]"
+    picked = ds[var].sel(mode=k, drop=True)
+    picked.attrs = dict(ds[var].attrs)
+    return ds.assign({name: picked}), name
+
+
+def pipeline_schedule(ds: xr.Dataset) -> list[dict]:
+    """The store's schedule (root attribute `stages`, a list of per-stage dicts; a JSON string in
+    a netCDF export); [] for a store that is not a pipeline."""
+    import json
+
+    stages = ds.attrs.get("stages")
+    if isinstance(stages, str):
+        try:
+            stages = json.loads(stages)
+        except ValueError:
+            return []
+    return [dict(s) for s in stages] if isinstance(stages, (list, tuple)) else []
+
+
+def stage_end_step(ds: xr.Dataset, stage: int | str) -> tuple[int, int]:
+    """(step, index along `step`) of the last logged step of stage `stage` (the store's `stage`
+    coordinate). Raises ValueError for a store without stages or an unknown stage."""
+    if "stage" not in ds.coords:
+        raise ValueError(f"stage={stage!r}: this store has no stages (not a pipeline sweep)")
+    stages = ds["stage"].values
+    known = sorted(set(stages.tolist()))
+    try:
+        s = int(str(stage).strip())
+    except ValueError:
+        raise ValueError(f"stage={stage!r} is not a stage of this store; allowed: {_allowed(known)}") from None
+    where = np.flatnonzero(stages == s)
+    if len(where) == 0:
+        raise ValueError(f"stage={stage!r} is not a stage of this store; allowed: {_allowed(known)}")
+    index = int(where[-1])
+    return int(ds["step"].values[index]), index
+
+
+def _stage_value(ds: xr.Dataset, index: int, name: str, sel: Mapping[str, Any] | None = None) -> Any:
+    """A traced field's value in stage `index`: the selected grid value of `stages.<i>.<name>`,
+    the stage's own value in the config, else the top-level one (None when a grid axis varies it)."""
+    from .pipeline.schedule import traced_name
+
+    key = traced_name(index, name)
+    if sel and key in sel:
+        return sel[key]
+    if key in ds.dims:
+        return ds[key].values[0].item() if ds.sizes[key] == 1 else None
+    config = _config(ds)
+    stages = config.get("stages") or []
+    if index < len(stages) and isinstance(stages[index], dict) and name in stages[index]:
+        return stages[index][name]
+    if sel and name in sel:
+        return sel[name]
+    if name in ds.dims:
+        return ds[name].values[0].item() if ds.sizes[name] == 1 else None
+    return config.get(name, fields.get(name).default)
+
+
+def _stage_text(ds: xr.Dataset, index: int, sel: Mapping[str, Any] | None = None) -> str:
+    """A stage's label: "FKL task 1", "FKL task 2, λ=0.2", "RKL → p*", "RKL → seen"."""
+    rows = pipeline_schedule(ds)
+    row = rows[index] if index < len(rows) else {"objective": "?", "task": None}
+    objective = str(row.get("objective", "?"))
+    text = objective.upper()
+    if row.get("task") is not None:
+        text += f" task {row['task']}"
+    if objective == "rkl":
+        text += " → p*" if row.get("target", "full") == "full" else " → seen"
+    if objective == "fkl":
+        replay = _stage_value(ds, index, "replay_ratio", sel)
+        if replay is None:
+            text += ", λ swept"
+        elif float(replay) > 0:
+            text += f", λ={_fmt(float(replay))}"
+    return text
+
+
+def _fkl_optimum(ds: xr.Dataset, row: dict, sel: Mapping[str, Any] | None, k: int) -> np.ndarray | None:
+    """The P1 population optimum of the K weights after an FKL stage (theory.fkl_stage_weights),
+    or None when it does not apply (another objective, frozen weights, a swept replay ratio)."""
+    from . import theory
+    from .pipeline.schedule import build, freeze
+
+    if row.get("objective") != "fkl" or row.get("task") is None:
+        return None
+    if _stage_value(ds, int(row["index"]), "train_weight", sel) is False:
+        return None
+    replay = _stage_value(ds, int(row["index"]), "replay_ratio", sel)
+    stages = _config(ds).get("stages")
+    if replay is None or not stages:
+        return None
+    built = build(freeze(stages))[int(row["index"])]
+    return theory.fkl_stage_weights(k, int(row["task"]), float(replay), built.earlier, built.replay_shares)
+
+
+def plot_mode_weights(
+    ds: xr.Dataset,
+    sel: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    var: str = "mode_weight",
+) -> Figure:
+    """The K mode weights w_k of one configuration of a pipeline store as stacked areas over the
+    logged steps (mode 0 at the bottom), a vertical line at each stage boundary and the stages'
+    labels (objective, task, replay ratio) on top; dashed, the cumulative levels w_0 + ... + w_j of
+    each FKL stage's population optimum (P1: w_task = 1 - λ, the earlier tasks λ share_j), drawn
+    over that stage's span. Returns the Figure and writes it to `out` when given.
+
+    Args:
+        ds: a pipeline store (dims grid..., seed, step, mode).
+        sel: field -> value picking the configuration: every grid axis with more than one value
+            must be fixed (seeds are averaged unless `seed` is selected; runs flagged diverged
+            are masked).
+        out: image file (.png, .pdf or .svg); None writes nothing.
+        var: the per-mode variable to stack (`mode_weight`: the weights sum to 1).
+
+    Raises:
+        ValueError: one line naming a store without modes, an unknown `sel` field or value, or a
+            grid axis left unselected (with its values).
+    """
+    from matplotlib.figure import Figure
+
+    if var not in ds.data_vars or "mode" not in ds[var].dims:
+        per_mode = [n for n in ds.data_vars if "mode" in ds[n].dims]
+        raise ValueError(
+            f"var={var!r} has no mode axis"
+            + (f"; per-mode variables: {', '.join(per_mode)}" if per_mode else ": this is not a pipeline store")
+        )
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() not in _SUFFIXES:
+            raise ValueError(
+                f"out={str(out)!r}: unsupported file type {out.suffix.lower() or '(none)'!r}; use .png or .pdf"
+            )
+    grid = [d for d in ds[var].dims if d not in ("seed", "step", "mode")]
+    chosen: dict[str, Any] = {}
+    for name, value in (sel or {}).items():
+        if name not in (*grid, "seed"):
+            raise ValueError(
+                f"sel field {name!r} is not a grid axis of this store; allowed: {', '.join([*grid, 'seed'])}"
+            )
+        chosen[name] = _cast(ds, name, value)
+    open_axes = [d for d in grid if d not in chosen and ds.sizes[d] > 1]
+    if open_axes:
+        raise ValueError(
+            "plot_mode_weights draws one configuration: fix "
+            + "; ".join(f"{d} (sel {d}=one of {_allowed(ds[d].values)})" for d in open_axes)
+        )
+    da = ds[var].sel(chosen)
+    diverged = ds["diverged"].sel(chosen)
+    singles = {d: 0 for d in grid if d not in chosen}
+    da, diverged = da.isel(singles), diverged.isel(singles)
+    da = _nanmean(da.load().where(~diverged.load()), ["seed"])
+    steps = ds["step"].values.astype(np.float64)
+    modes = ds["mode"].values
+    values = da.transpose("step", "mode").values.astype(np.float64)
+    if not np.isfinite(values).any():
+        raise ValueError(f"{var} has no finite value for this configuration (diverged or not computed yet?)")
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"].colors
+    fig = Figure(figsize=(8.2, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    names = [f"mode {k} ({'prior' if k == 0 else f'task {k}'})" for k in modes]
+    ax.stackplot(
+        steps, values.T, labels=names, colors=[colours[i % len(colours)] for i in range(len(modes))], alpha=0.85
+    )
+    ax.set_xlim(steps[0], steps[-1])
+    ax.set_ylim(0.0, max(1.0, float(np.nanmax(np.nansum(values, axis=1)))))
+    ax.set_xlabel(label("step"))
+    ax.set_ylabel(label(var) + " (stacked)")
+    rows = pipeline_schedule(ds)
+    from matplotlib.transforms import blended_transform_factory
+
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    theory_drawn = False
+    for row in rows:
+        lo, hi = float(row["first_step"]), float(row["end_step"])
+        if hi < steps[-1]:
+            ax.axvline(hi, color="black", linewidth=1.2)
+        ax.text(
+            0.5 * (lo + hi),
+            1.01,
+            f"{int(row['index'])}: {_stage_text(ds, int(row['index']), chosen)}",
+            transform=top,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+        optimum = _fkl_optimum(ds, row, chosen, len(modes))
+        if optimum is not None:
+            for level in np.cumsum(optimum)[:-1]:
+                if not 1e-9 < level < 1.0 - 1e-9:
+                    continue  # a level on the frame (no replay: 0 or 1) draws nothing useful
+                ax.plot([lo, hi], [level, level], color="black", linestyle="--", linewidth=1.2, path_effects=_halo())
+            theory_drawn = True
+    fixed = {**chosen, **{d: ds[d].values[0].item() for d in singles}}
+    parts = [", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items())] if fixed else []
+    n_seeds = ds.sizes["seed"] if "seed" not in chosen else 1
+    if n_seeds > 1:
+        parts.append(f"mean over {n_seeds} seeds")
+    if int(diverged.sum()):
+        parts.append(f"{int(diverged.sum())}/{int(diverged.size)} runs diverged (masked)")
+    title = f"{label(var)} by mode over the stages"
+    if parts:
+        title += "\n" + textwrap.fill("; ".join(parts), width=90)
+    ax.set_title(title, fontsize=10, pad=16)
+    handles, labels_ = ax.get_legend_handles_labels()
+    if theory_drawn:
+        handles.append(_theory_handle("FKL stage optimum (P1), cumulative"))
+        labels_.append("FKL stage optimum (P1), cumulative")
+    fig.legend(handles, labels_, loc="outside right upper", fontsize=8, title="mode (task)", title_fontsize=9)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=150 if out.suffix.lower() == ".png" else None)
     return fig
 
 

@@ -10,6 +10,16 @@ Layout (the public contract):
             created, chunk_shape, provenance (git commit, command line, host), and after a run
             wall_time_s, compile_time_s, run_time_s.
 
+Pipeline sweeps (a config with `stages:`, docs/science/pipelines.md) add, and nothing else changes:
+  dims      `mode` (after `step`; coordinate 0 .. K-1, K = the `modes` field): mode k is task k
+  coords    `stage` along `step` (int64): the index of the stage whose updates produced the logged
+            state (step 0 -> stage 0; a step in (first_step, first_step + steps] -> that stage)
+  data vars every name of pipeline.loop.MODE_METRIC_NAMES (`mode_weight`, `mode_drift`,
+            `mode_mean_position`, `mode_starved_fraction`) over (grid..., seed, step, mode); the
+            two-mode names (`old_weight`, ...) stay over (grid..., seed, step)
+  attrs     `modes` (K) and `stages`: per stage {index, objective, task, target, first_step,
+            steps, end_step, replay_shares} (JSON; task / replay_shares null when not set)
+
 Bookkeeping (ours, not zarr; readers never see it: the zarr metadata is consolidated):
   <store>.creating                     creation lock: json {pid, host, started, lease_until,
                                        chunk_shape, attrs}; stale when its owner is dead (same
@@ -62,7 +72,8 @@ import xarray as xr
 
 from . import fields
 from .config import SweepSpec
-from .metrics import METRIC_NAMES, METRICS
+from .metrics import METRIC_NAMES, METRICS, MODE_METRIC_NAMES, MODE_METRICS
+from .pipeline import schedule as _schedule
 
 if TYPE_CHECKING:  # plan.py imports nothing from here; avoid the import cycle at runtime
     from .runner.plan import Block, Plan
@@ -197,6 +208,16 @@ METRIC_ATTRS: dict[str, dict[str, str]] = {
     "diverged_step": {"long_name": "step of the first diverged state (-1: none)", "units": "1"},
 }
 
+#: long_name and units of the per-mode (per-task) variables of a pipeline store, dims
+#: (grid..., seed, step, mode) (pipeline.loop.MODE_METRICS: "words (symbol)"). All dimensionless:
+#: a weight, a Mahalanobis drift, a position in the data space, a fraction of the log interval's steps.
+MODE_METRIC_ATTRS: dict[str, dict[str, str]] = {
+    name: {"long_name": f"{words} ({symbol})", "units": "1"} for name, (symbol, words) in MODE_METRICS.items()
+}
+
+#: Dimensions after the grid dims and `seed` (one chunk along each: a block writes all of them).
+TRAILING_DIMS = ("step", "mode")
+
 #: Per-configuration integer outputs besides `diverged`: name -> (dtype, fill value).
 PER_CONFIG_VARS: dict[str, tuple[type, int]] = {"diverged_reason": (np.int32, 0), "diverged_step": (np.int32, -1)}
 
@@ -208,12 +229,84 @@ def coordinate_attrs(name: str, values: np.ndarray | None = None) -> dict[str, s
         return {"long_name": "seed", "units": "1"}
     if name == "step":
         return {"long_name": "optimisation step", "units": "1"}
-    declared = fields.all_fields().get(name)
+    if name == "mode":
+        return {
+            "long_name": "mode (task)",
+            "units": "1",
+            "description": "mixture component k = 0 .. K-1; task k's data is mode k (mode 0: the prior skills)",
+        }
+    if name == "stage":
+        return {
+            "long_name": "pipeline stage",
+            "units": "1",
+            "description": "index of the stage whose updates produced the logged state: step 0 is stage 0, a step "
+            "in (first_step, first_step + steps] belongs to that stage (the schedule: root attribute `stages`)",
+        }
+    staged = _schedule.split_name(name)
+    declared = fields.all_fields().get(staged[1] if staged else name)
     numeric = values is None or np.asarray(values).dtype.kind in "biuf"
-    attrs = {"long_name": declared.words if declared else name.replace("_", " "), "units": "1" if numeric else ""}
+    words = declared.words if declared else name.replace("_", " ")
+    if staged is not None:
+        words = f"{words} (stage {staged[0]})"
+    attrs = {"long_name": words, "units": "1" if numeric else ""}
     if declared is not None:
         attrs["description"] = declared.doc
     return attrs
+
+
+def pipeline_stages(spec: SweepSpec) -> tuple[_schedule.Stage, ...] | None:
+    """The schedule of a pipeline sweep (`stages:`) as `Stage`s; None for a two-mode sweep."""
+    stages = getattr(spec.base, "stages", None)
+    if stages is None:
+        return None
+    return _schedule.build(_schedule.freeze(stages))
+
+
+def is_pipeline(spec: SweepSpec) -> bool:
+    return getattr(spec.base, "stages", None) is not None
+
+
+def metric_dims(spec: SweepSpec) -> dict[str, tuple[str, ...]]:
+    """name -> dims of every per-step data variable of the sweep's store: METRIC_NAMES over
+    (grid..., seed, step), and for a pipeline MODE_METRIC_NAMES over (grid..., seed, step, mode)."""
+    out = {name: (*spec.dims, "step") for name in METRIC_NAMES}
+    if is_pipeline(spec):
+        out.update({name: (*spec.dims, "step", "mode") for name in MODE_METRIC_NAMES})
+    return out
+
+
+def stage_coordinate(spec: SweepSpec) -> np.ndarray | None:
+    """(n_steps,) int64: the stage of each logged step of a pipeline sweep (schedule.stage_of_step);
+    None for a two-mode sweep."""
+    stages = pipeline_stages(spec)
+    if stages is None:
+        return None
+    return np.asarray(_schedule.stage_of_step(stages, logged_steps(spec).tolist()), dtype=np.int64)
+
+
+def schedule_attrs(spec: SweepSpec) -> dict:
+    """Root attributes of a pipeline store: `modes` (K) and `stages`, per stage {index, objective,
+    task, target, first_step, steps, end_step, replay_shares} (JSON-able). {} for a two-mode sweep.
+    A stage's objective is its own, else the top-level one ("grid" when the top level sweeps it);
+    `target` is null for an FKL stage (it trains on its task's p_train)."""
+    stages = pipeline_stages(spec)
+    if stages is None:
+        return {}
+    top = "grid" if "objective" in spec.axes else spec.base.objective
+    rows = [
+        {
+            "index": s.index,
+            "objective": s.value("objective", top),
+            "task": s.task,
+            "target": None if s.value("objective", top) == "fkl" else s.target,
+            "first_step": s.first_step,
+            "steps": s.steps,
+            "end_step": s.first_step + s.steps,
+            "replay_shares": list(s.replay_shares) if s.replay_shares is not None else None,
+        }
+        for s in stages
+    ]
+    return {"modes": int(spec.base.modes), "stages": rows}
 
 
 def variable_attrs(spec: SweepSpec) -> dict[str, dict[str, str]]:
@@ -221,6 +314,9 @@ def variable_attrs(spec: SweepSpec) -> dict[str, dict[str, str]]:
     in-memory Dataset, which should carry the same attributes as a store)."""
     out = {name: dict(METRIC_ATTRS[name]) for name in (*METRIC_NAMES, "diverged", "completed", *PER_CONFIG_VARS)}
     out.update({name: coordinate_attrs(name, values) for name, values in coordinates(spec).items()})
+    if is_pipeline(spec):
+        out.update({name: dict(MODE_METRIC_ATTRS[name]) for name in MODE_METRIC_NAMES})
+        out["stage"] = coordinate_attrs("stage")
     return out
 
 
@@ -229,8 +325,11 @@ def variable_attrs(spec: SweepSpec) -> dict[str, dict[str, str]]:
 
 
 def logged_steps(spec: SweepSpec) -> np.ndarray:
-    """Union of the logged steps of every compile group (steps / log_every may be grid axes)."""
-    steps = spec.axes.get("steps", [spec.base.steps])
+    """Union of the logged steps of every compile group (steps / log_every may be grid axes; a
+    pipeline's steps are the sum of its stages' steps)."""
+    stages = pipeline_stages(spec)
+    total = stages[-1].first_step + stages[-1].steps if stages else spec.base.steps
+    steps = spec.axes.get("steps", [total])
     every = spec.axes.get("log_every", [spec.base.log_every])
     union: set[int] = set()
     for s in steps:
@@ -240,9 +339,23 @@ def logged_steps(spec: SweepSpec) -> np.ndarray:
 
 
 def coordinates(spec: SweepSpec) -> dict[str, np.ndarray]:
+    """Dimension coordinates: each grid axis, `seed`, `step`, and for a pipeline `mode` (0 .. K-1).
+    (The pipeline's `stage` coordinate lies along `step`: `stage_coordinate`.)"""
     coords = {k: np.asarray(v) for k, v in spec.axes.items()}
     coords["seed"] = np.asarray(spec.seeds, dtype=np.int64)
     coords["step"] = logged_steps(spec)
+    if is_pipeline(spec):
+        coords["mode"] = np.arange(int(spec.base.modes), dtype=np.int64)
+    return coords
+
+
+def dataset_coordinates(spec: SweepSpec) -> dict:
+    """The coordinates of the sweep's Dataset (xarray form): `coordinates` plus, for a pipeline,
+    `stage` along `step`."""
+    coords: dict = dict(coordinates(spec))
+    stage = stage_coordinate(spec)
+    if stage is not None:
+        coords["stage"] = ("step", stage)
     return coords
 
 
@@ -262,13 +375,24 @@ def _template(spec: SweepSpec, chunk_shape: tuple[int, ...], attrs: dict) -> xr.
         )
         for name in METRIC_NAMES
     }
+    if is_pipeline(spec):
+        k = len(coords["mode"])
+        for name in MODE_METRIC_NAMES:
+            data_vars[name] = (
+                (*dims, "step", "mode"),
+                da.full((*shape, n_steps, k), np.nan, dtype=dtype, chunks=(*chunk_shape, n_steps, k)),
+                MODE_METRIC_ATTRS[name],
+            )
+        attrs = {**attrs, **schedule_attrs(spec)}
     data_vars["diverged"] = (dims, da.zeros(shape, dtype=bool, chunks=chunk_shape), METRIC_ATTRS["diverged"])
     data_vars["completed"] = (dims, da.zeros(shape, dtype=bool, chunks=chunk_shape), METRIC_ATTRS["completed"])
     for name, (kind, fill) in PER_CONFIG_VARS.items():
         data_vars[name] = (dims, da.full(shape, fill, dtype=kind, chunks=chunk_shape), METRIC_ATTRS[name])
-    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds = xr.Dataset(data_vars, coords=dataset_coordinates(spec), attrs=attrs)
     for name, values in coords.items():
         ds[name].attrs.update(coordinate_attrs(name, values))
+    if "stage" in ds.coords:
+        ds["stage"].attrs.update(coordinate_attrs("stage"))
     return ds
 
 
@@ -280,28 +404,34 @@ def _write_template(path: Path, spec: SweepSpec, chunk_shape: tuple[int, ...], a
 
 
 def _array_meta(path: Path) -> dict[str, dict]:
-    """name -> {"dims", "shape", "chunks", "sep"} of every array of the store (from its files)."""
+    """name -> {"dims", "shape", "chunks", "sep", "coordinates"} of every array of the store (from
+    its files; "coordinates": the non-dimension coordinates its `coordinates` attribute names)."""
     out = {}
     for zarray in sorted(Path(path).glob("*/.zarray")):
         meta = _read_json(zarray)
-        dims = (_read_json(zarray.with_name(".zattrs")) or {}).get("_ARRAY_DIMENSIONS")
+        attrs = _read_json(zarray.with_name(".zattrs")) or {}
+        dims = attrs.get("_ARRAY_DIMENSIONS")
         if not isinstance(meta, dict) or dims is None:
             continue
         name = zarray.parent.name
+        named = attrs.get("coordinates")
         out[name] = {
             "dims": tuple(dims),
             "shape": tuple(meta["shape"]),
             "chunks": tuple(meta["chunks"]),
             "sep": meta.get("dimension_separator", "."),
+            "coordinates": tuple(named.split()) if isinstance(named, str) else (),
         }
     return out
 
 
 def _coordinate_keys(meta: dict) -> dict[str, list[str]]:
-    """name -> every chunk key of each 1-D coordinate array (an array named after its own dim)."""
+    """name -> every chunk key of each 1-D coordinate array: an array named after its own dim, or
+    a non-dimension coordinate that a variable names (a pipeline's `stage` along `step`)."""
+    named = {c for m in meta.values() for c in m.get("coordinates", ())}
     out = {}
     for name, m in meta.items():
-        if m["dims"] == (name,):
+        if m["dims"] == (name,) or (name in named and len(m["dims"]) == 1):
             n = max(1, math.ceil(m["shape"][0] / m["chunks"][0])) if m["shape"][0] else 0
             out[name] = [f"{name}/{i}" for i in range(n)]
     return out
@@ -640,15 +770,16 @@ def block_markers(path: str | Path) -> list[dict]:
 
 def block_chunk_keys(path: str | Path, block: Block, names=None) -> dict[str, str]:
     """variable -> the zarr chunk key of `block` (block.region starts // chunk shape; the step
-    axis is one chunk)."""
+    and mode axes are one chunk each)."""
     meta = _array_meta(Path(path))
+    coords = _coordinate_keys(meta)
     starts: dict[str, list[int]] = {}
     out: dict[str, str] = {}
     for name, m in meta.items():
-        if m["dims"] == (name,) or (names is not None and name not in names):
+        if name in coords or (names is not None and name not in names):
             continue
         if not starts:
-            grid = [d for d in m["dims"] if d != "step"]
+            grid = [d for d in m["dims"] if d not in TRAILING_DIMS]
             starts = dict(zip(grid, (s.start for s in block.region), strict=True))
         index = [starts[d] // c if d in starts else 0 for d, c in zip(m["dims"], m["chunks"], strict=True)]
         out[name] = f"{name}/" + m["sep"].join(str(i) for i in index)
@@ -668,7 +799,8 @@ def write_block(
     atomic marker that records the chunks' digests.
 
     Args:
-        metrics: name -> block.shape + (n_steps,) for every name of METRIC_NAMES.
+        metrics: name -> block.shape + (n_steps,) for every name of METRIC_NAMES, and for a
+            pipeline block.shape + (n_steps, K) for every name of MODE_METRIC_NAMES.
         diverged: block.shape booleans.
         timing: compile_s, run_s, wall_s (recorded in the marker).
         extra: per-configuration arrays (block.shape) of PER_CONFIG_VARS; names the store lacks
@@ -676,7 +808,7 @@ def write_block(
     path = Path(path)
     dims = spec.dims
     meta = _array_meta(path)
-    data_vars = {name: ((*dims, "step"), metrics[name]) for name in METRIC_NAMES}
+    data_vars = {name: (var_dims, metrics[name]) for name, var_dims in metric_dims(spec).items()}
     data_vars["diverged"] = (dims, diverged.astype(bool))
     data_vars["completed"] = (dims, np.ones(block.shape, dtype=bool))
     for name, values in (extra or {}).items():
@@ -684,6 +816,8 @@ def write_block(
             data_vars[name] = (dims, np.asarray(values).astype(PER_CONFIG_VARS.get(name, (values.dtype,))[0]))
     region = dict(zip(dims, block.region, strict=True))
     region["step"] = slice(None)
+    if is_pipeline(spec):
+        region["mode"] = slice(None)
     with _quiet_progress_folder():
         xr.Dataset(data_vars).to_zarr(path, region=region, mode="r+", consolidated=False)  # chunks only
     keys = block_chunk_keys(path, block, names=set(data_vars))
@@ -975,7 +1109,12 @@ def repair(path: str | Path, spec: SweepSpec, report: VerifyReport) -> list[str]
                 root = copy
                 lines.append("restored .zattrs from the consolidated metadata")
             else:
-                root = {"config": spec.to_yaml(), "name": spec.base.name, "chunk_shape": list(chunk_shape)}
+                root = {
+                    "config": spec.to_yaml(),
+                    "name": spec.base.name,
+                    "chunk_shape": list(chunk_shape),
+                    **schedule_attrs(spec),
+                }
                 lines.append("rebuilt .zattrs from the sweep's specification (run attributes lost)")
             write_atomic(path / ".zattrs", json.dumps(root, indent=4, sort_keys=True).encode())
         _consolidate(path)
@@ -1226,6 +1365,18 @@ def open_store(path: str | Path) -> xr.Dataset:
     return xr.open_zarr(path)
 
 
+def _netcdf_attr(value: Any) -> Any:
+    """An attribute as netCDF can hold it: a bool as an int, a mapping or a list of anything but
+    numbers / strings (a pipeline's `stages`) as its JSON text; the rest unchanged."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, dict) or (
+        isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float, str)) for v in value)
+    ):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
 def export_netcdf(path: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write the store as a netCDF-4 file (attributes kept; booleans stored as uint8 by netCDF).
     Refuses to overwrite an existing file unless `force`."""
@@ -1234,7 +1385,7 @@ def export_netcdf(path: str | Path, out: str | Path, force: bool = False) -> Pat
         raise StoreError(f"{out} exists; pass --force to overwrite it")
     ds = open_store(path).load()
     out.parent.mkdir(parents=True, exist_ok=True)
-    ds.attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in ds.attrs.items()}
+    ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         ds.to_netcdf(tmp, engine="h5netcdf")
