@@ -724,7 +724,8 @@ def rkl_recovery_steps(
         *(np.asarray(v, dtype) for v in (initial_weight, final_weight, target_old_weight, learning_rate))
     )
     shape = arrays[0].shape
-    b0, b1, bstar, eta = (np.array(v, dtype).ravel() for v in arrays)
+    flat: list[np.ndarray] = [np.array(v, dtype).ravel() for v in arrays]
+    b0, b1, bstar, eta = flat
     one = dtype(1.0)
     clip_lo, clip_hi = dtype(weight_clip), one - dtype(weight_clip)
     astar = np.log(bstar) - np.log1p(-bstar)
