@@ -37,10 +37,10 @@ def test_fkl_stage_weights_minimise_the_forward_kl(task, replay_ratio, earlier, 
     KL(p_train || q) = const - E_{p_train}[log q], modes N(12 k, 1), means at the targets, by
     L-BFGS on a grid integral; p_train is built from the stage's definition (the task with
     1 - lambda, each earlier task with lambda share_j). Tolerance 1e-6: the cross-entropy's logit
-    gradient is w_j - E_p[resp_j], driven below gtol = 1e-12; the overlap terms are O(BC) = e^{-18}."""
+    gradient is w_j - E_p[resp_j], driven below gtol = 1e-10 (or f stalls at ~1e-9 from it); the overlap terms are O(BC) = e^{-18}."""
     k_modes, sep = 4, 12.0
     means = sep * np.arange(k_modes)
-    x = np.linspace(-10.0, means[-1] + 10.0, 8001)
+    x = np.linspace(-10.0, means[-1] + 10.0, 2001)  # h = .028: the trapezoid rule is exact to ~1e-15 on Gaussians
     log_n = np.stack([_log_normal(x, m) for m in means])  # (K, grid)
     share = np.full(len(earlier), 1 / len(earlier)) if shares is None else np.asarray(shares)
     train_w = np.zeros(k_modes)
@@ -63,7 +63,7 @@ def test_fkl_stage_weights_minimise_the_forward_kl(task, replay_ratio, earlier, 
         np.zeros(k_modes - 1),
         jac=True,
         method="L-BFGS-B",
-        options={"gtol": 1e-12, "ftol": 0, "maxiter": 5000},
+        options={"gtol": 1e-10, "ftol": 0, "maxiter": 5000},
     )
     logits = np.append(res.x, 0.0)
     weights = np.exp(logits - np.logaddexp.reduce(logits))
@@ -305,7 +305,7 @@ def test_rkl_recovery_time_at_finite_separation(weight_param):
     separated T within 1e-6 (the misassignment gap is ~1e-7 of |L'|), and at Delta = 5 slower (the
     finite-Delta pull is weaker: `test_rkl_weight_gradient_finite_separation`)."""
     b0, b1, tgt, eta, sep = 1e-3, 0.2, 0.4, 0.5, 5.0
-    x = np.linspace(-12.0, sep + 12.0, 12001)
+    x = np.linspace(-12.0, sep + 12.0, 4001)
 
     def rhs(_, y):
         b = y[0]
@@ -331,13 +331,13 @@ def test_rkl_recovery_time_at_finite_separation(weight_param):
 
 
 def test_mode_and_replay_starvation_by_monte_carlo():
-    """Monte Carlo over 2e5 batches of B = 16 labels (tolerance 5 binomial standard errors):
+    """Monte Carlo over 1e5 batches of B = 16 labels (tolerance 5 binomial standard errors):
     ancestral labels of w miss mode k with (1 - w_k)^B; an FKL stage's p_train (task 3 with
     1 - lambda, tasks 0..2 with lambda share_j) misses task j with exactly (1 - lambda share_j)^B;
     reverse KL's replay proposal (a replay flag with probability lambda, then a label from the
     shares, else from q) misses j less often: the bound holds."""
     rng = np.random.default_rng(0)
-    n, batch = 200_000, 16
+    n, batch = 100_000, 16
     with jax.enable_x64(True):
         w = np.array([0.05, 0.15, 0.3, 0.5])
         missed = (rng.multinomial(batch, w, size=n) == 0).mean(axis=0)
