@@ -165,7 +165,26 @@ def theory_overlay(
     return None
 
 
-def _overlay_text(var: str, params: Mapping[str, Any], beta: float | None) -> str:
+def _overlay(ds: xr.Dataset, var: str, params: Mapping[str, Any], req: _Request, beta) -> np.ndarray | None:
+    """The dashed theory of a view: `theory_overlay` (two-mode stores) or `_stage_optimum` (pipelines)."""
+    if req.pipeline is not None:
+        return _stage_optimum(ds, params, req)
+    return theory_overlay(
+        var,
+        objective=params.get("objective"),
+        replay_ratio=params.get("replay_ratio"),
+        batch_size=params.get("batch_size"),
+        old_weight=beta,
+        estimator=params.get("estimator"),
+        sampling=params.get("sampling"),
+        train_weight=params.get("train_weight"),
+    )
+
+
+def _overlay_text(var: str, params: Mapping[str, Any], beta: float | None, req: _Request | None = None) -> str:
+    if req is not None and req.pipeline is not None:
+        k, s = req.pipeline["mode"], req.pipeline["stage"]
+        return f"theory (dashed): FKL optimum of w_{k} after stage {s} (P1: 1 − λ on its task, λ share_j on replayed tasks)"
     if var == "old_weight":
         return "theory (dashed): FKL optimum β = λ (T2)"
     if params.get("objective") == "fkl":
@@ -277,6 +296,9 @@ class _Request:
     singles: dict[str, Any]  # unselected axes with one value: fixed at it
     averaged: list[str]
     config: dict = field(default_factory=dict)
+    #: pipeline stores: {"var", "mode", "stage"} of the drawn per-task value (its theory overlay,
+    #: `_stage_optimum`, replaces the two-mode ones, which read top-level fields a stage overrides)
+    pipeline: dict | None = None
 
     def params(self) -> dict[str, Any]:
         """Parameter values that hold for the whole figure (None where averaged over)."""
@@ -496,6 +518,8 @@ def _title(req: _Request, var: str, step: _Step, ds: xr.Dataset, extra: list[str
     fixed = dict(req.sel)
     fixed.update(req.singles)
     for name in ("objective", "estimator"):
+        if name == "objective" and req.config.get("stages"):
+            continue  # a pipeline's stages have their own objectives (the stage labels say which)
         if name not in req.grid and name in req.config:
             fixed.setdefault(name, req.config[name])
     parts = [", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items())] if fixed else []
@@ -556,16 +580,7 @@ def _heatmap(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> l
     fx, fy = _fine(xpos, xscale), _fine(ypos, yscale)
     gx, gy = np.meshgrid(fx, fy)
     params = {**params, req.x: gx, req.y: gy}
-    z = theory_overlay(
-        var,
-        objective=params.get("objective"),
-        replay_ratio=params.get("replay_ratio"),
-        batch_size=params.get("batch_size"),
-        old_weight=beta,
-        estimator=params.get("estimator"),
-        sampling=params.get("sampling"),
-        train_weight=params.get("train_weight"),
-    )
+    z = _overlay(ds, var, params, req, beta)
     if z is None:
         return handles
     z = np.broadcast_to(z, gx.shape)
@@ -585,7 +600,7 @@ def _heatmap(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> l
     for text in texts:
         text.set_path_effects(_halo(2.5))
     cbar.add_lines(cs)
-    handles.append(_theory_handle(_overlay_text(var, params, beta)))
+    handles.append(_theory_handle(_overlay_text(var, params, beta, req)))
     return handles
 
 
@@ -652,16 +667,7 @@ def _lines(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> lis
         else:
             tx = _fine(xpos, xscale)
             p[xname] = tx
-        z = theory_overlay(
-            var,
-            objective=p.get("objective"),
-            replay_ratio=p.get("replay_ratio"),
-            batch_size=p.get("batch_size"),
-            old_weight=beta,
-            estimator=p.get("estimator"),
-            sampling=p.get("sampling"),
-            train_weight=p.get("train_weight"),
-        )
+        z = _overlay(ds, var, p, req, beta)
         if z is None:
             continue
         z = np.broadcast_to(z, np.shape(tx))
@@ -674,7 +680,7 @@ def _lines(fig, ax, ds: xr.Dataset, req: _Request, var: str, step: _Step) -> lis
     if theory_drawn:
         from matplotlib.lines import Line2D
 
-        text = _overlay_text(var, theory_params, beta_shown).replace("theory (dashed): ", "theory: ")
+        text = _overlay_text(var, theory_params, beta_shown, req).replace("theory (dashed): ", "theory: ")
         extra.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.4, label=text))
     if handles:
         fig.legend(
@@ -768,6 +774,10 @@ def plot_store(
     req = _resolve(ds, x, y, var, sel)
     if stage is None:
         step_info = _resolve_step(ds, step)
+    if "stage" in ds.coords:
+        picked = _MODE_PICKED.fullmatch(var)
+        base, k = (picked.group(1), int(picked.group(2))) if picked else (var, 0 if var == "old_weight" else None)
+        req.pipeline = {"var": base, "mode": k, "stage": None if stage is None else int(stage)}
 
     wide = req.kind != "heatmap" and req.hue is not None
     fig = Figure(figsize=(8.2 if wide else 6.8, 5.2), layout="constrained")
@@ -907,6 +917,42 @@ def _fkl_optimum(ds: xr.Dataset, row: dict, sel: Mapping[str, Any] | None, k: in
         return None
     built = build(freeze(stages))[int(row["index"])]
     return theory.fkl_stage_weights(k, int(row["task"]), float(replay), built.earlier, built.replay_shares)
+
+
+def _stage_optimum(ds: xr.Dataset, params: Mapping[str, Any], req: _Request) -> np.ndarray | None:
+    """P1 overlay of a pipeline view: w_k at the end of an FKL stage s (mode_weight[k], or
+    old_weight = w_0, drawn with `stage=s`) is the population optimum theory.fkl_stage_weights
+    (K, task, lambda_s, earlier, shares)[k], over the arrays of lambda_s in `params` (the drawn or
+    fixed `stages.<s>.replay_ratio`, or `replay_ratio` when the stage inherits it). None elsewhere."""
+    from . import theory
+    from .pipeline.schedule import build, freeze, traced_name
+
+    info = req.pipeline or {}
+    k, s = info.get("mode"), info.get("stage")
+    if info.get("var") not in ("mode_weight", "old_weight") or k is None or s is None:
+        return None
+    rows, stages = pipeline_schedule(ds), _config(ds).get("stages")
+    if not stages or s >= len(rows) or rows[s].get("objective") != "fkl" or rows[s].get("task") is None:
+        return None
+    if _stage_value(ds, s, "train_weight", req.sel) is False:
+        return None
+    key = traced_name(s, "replay_ratio")
+    if key in req.grid:
+        lam = params.get(key)
+    elif "replay_ratio" in req.grid and "replay_ratio" not in stages[s]:
+        lam = params.get("replay_ratio")
+    else:
+        lam = _stage_value(ds, s, "replay_ratio", req.sel)
+    if lam is None:  # averaged over
+        return None
+    built = build(freeze(stages))[s]
+    n_modes = int(ds.sizes["mode"])
+    lam = np.asarray(lam, dtype=np.float64)
+    values, inverse = np.unique(lam, return_inverse=True)
+    optimum = [
+        theory.fkl_stage_weights(n_modes, built.task, float(v), built.earlier, built.replay_shares)[k] for v in values
+    ]
+    return np.asarray(optimum, dtype=np.float64)[inverse].reshape(lam.shape)
 
 
 def plot_mode_weights(

@@ -224,6 +224,13 @@ def test_plots_stacked_weights_and_end_of_stage_phase_diagram(stored, ds, tmp_pa
     want = ds["mode_weight"].isel(step=at, mode=1).mean("seed").transpose("stages.2.learning_rate", ...).values
     np.testing.assert_allclose(drawn, want, rtol=1e-6)
     assert "end of stage 1" in fig.axes[0].get_title()
+    # the dashed P1 optimum against the stage's replay ratio: stage 1 trains on task 2 and replays
+    # the earlier tasks 0 and 1 in equal shares, so w_0 = lambda / 2 (theory.fkl_stage_weights)
+    fig = plots.plot_store(
+        ds, x="stages.1.replay_ratio", var="mode_weight", mode=0, stage=1, sel={"stages.2.learning_rate": 0.5}
+    )
+    (dashed,) = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    np.testing.assert_allclose(dashed.get_ydata(), np.asarray(dashed.get_xdata()) / 2, rtol=1e-12)
     with pytest.raises(ValueError, match="mode=k"):
         plots.plot_store(ds, var="mode_weight", stage=1)
     runner = CliRunner()
