@@ -993,7 +993,7 @@ def plot_mode_weights(
             raise ValueError(
                 f"out={str(out)!r}: unsupported file type {out.suffix.lower() or '(none)'!r}; use .png or .pdf"
             )
-    grid = [d for d in ds[var].dims if d not in ("seed", "step", "mode")]
+    grid = [str(d) for d in ds[var].dims if d not in ("seed", "step", "mode")]
     chosen: dict[str, Any] = {}
     for name, value in (sel or {}).items():
         if name not in (*grid, "seed"):
