@@ -12,6 +12,7 @@ pd6        FKL weight time courses under direct / logit / replicator updates (T1
 rates      RKL convergence rates vs 1 - eta lambda_min(H), stability 2 / lambda_max (T5)
 chen2025   CRNC25's toy: drop / gain of FKL, their surrogate RKL and the exact RKL (section 5)
 samplewise sample-wise F_true vs mass loss, generative vs likelihood answering (methods.md E, T1-T3)
+pipelines  stage schedules over K modes: FKL replay optimum, SFT -> RL recovery time, starvation (P1-P3)
 =========  ===================================================================================
 
 `run_studies(name, out, quick)` runs the sweeps (independent studies concurrently in threads:
@@ -32,7 +33,18 @@ from pathlib import Path
 from .framework import Claim, Context, StoreRecord, ensure_store, study_configs
 
 #: Study names in report order.
-STUDY_NAMES: tuple[str, ...] = ("pd1", "pd2", "pd3", "pd4", "pd5", "pd6", "rates", "chen2025", "samplewise")
+STUDY_NAMES: tuple[str, ...] = (
+    "pd1",
+    "pd2",
+    "pd3",
+    "pd4",
+    "pd5",
+    "pd6",
+    "rates",
+    "chen2025",
+    "samplewise",
+    "pipelines",
+)
 
 __all__ = ["STUDY_NAMES", "Claim", "run_studies", "study_module"]
 
