@@ -121,9 +121,9 @@ def blown_up(params: mm.ModeParams, target: mm.Modes) -> Bool[Array, ""]:
 
 
 def precondition(grads: mm.ModeParams, params: mm.ModeParams, setup: Setup) -> mm.ModeParams:
-    """Freeze flags and the replicator metric. Replicator over K modes: dw_k = -eta w_k (g_k -
-    sum_j w_j g_j) in the full weights, i.e. for the free weights (g'_j = dL/dw_j - dL/dw_{K-1})
-    the direction w_j (g'_j - sum_{k<K-1} w_k g'_k); for K = 2 that is beta (1 - beta) dL/dbeta."""
+    """Freeze flags and the replicator metric. Replicator over K modes: dw_k = -eta w_k (g_k - sum_j w_j g_j) in the full weights, i.e. for
+    the free weights (g'_j = dL/dw_j - dL/dw_{K-1}) the direction w_j (g'_j - sum_{k<K-1} w_k g'_k);
+    for K = 2 that is beta (1 - beta) dL/dbeta."""
     weight = grads.weight
     if setup.weight_param == "replicator":
         w = params.weight
@@ -138,11 +138,15 @@ def precondition(grads: mm.ModeParams, params: mm.ModeParams, setup: Setup) -> m
 
 
 def learning_rates(hyper: Hyper, setup: Setup) -> mm.ModeParams:
-    """eta * old_lr_scale for the old group (weights, m_0, s_0), eta * new_lr_scale for the rest."""
+    """eta * old_lr_scale for the old group (weights, m_0, s_0), eta * new_lr_scale for the rest;
+    the K logits step at half that: for K = 2 the difference a_0 - a_1 = logit beta, whose two
+    entries get opposite gradients of one size (and, under Adam, opposite directions of one size),
+    then moves by the two-mode `logit` step of eta."""
     old = hyper.learning_rate * hyper.old_lr_scale
     new = hyper.learning_rate * hyper.new_lr_scale
     per_mode = mm.task_scales(old, new, setup)
-    return mm.ModeParams(weight=old, means=per_mode[:, None], scales=per_mode)
+    weight = 0.5 * old if setup.weight_param == "logit" else old
+    return mm.ModeParams(weight=weight, means=per_mode[:, None], scales=per_mode)
 
 
 def project(params: mm.ModeParams, setup: Setup) -> mm.ModeParams:
@@ -203,8 +207,9 @@ def reference_modes(stage: Stage, hyper_s: Hyper, setup_s: Setup) -> mm.Modes:
 
 
 def two_mode(params: mm.ModeParams) -> LearnerParams:
-    """A K = 2 theta as model.LearnerParams (same weight parameter, old mode first)."""
-    return LearnerParams(params.weight[0], params.means[0], params.means[1], params.scales[0], params.scales[1])
+    """A K = 2 theta as model.LearnerParams (logit beta = a_0 - a_1, or beta; old mode first)."""
+    weight = params.weight[0] - params.weight[1] if params.weight.shape[0] == 2 else params.weight[0]
+    return LearnerParams(weight, params.means[0], params.means[1], params.scales[0], params.scales[1])
 
 
 def measure(
@@ -398,7 +403,11 @@ def make_segments(setup: Setup):
             hi = bounds[i][1] + 1
             first = jnp.clip(start, lo, hi)
             last = jnp.clip(stop, lo, hi)
-            _, carry = jax.lax.while_loop(lambda loop, last=last: loop[0] < last, body, (first, carry))
+
+            def more(loop, last=last) -> Bool[Array, ""]:
+                return loop[0] < last
+
+            _, carry = jax.lax.while_loop(more, body, (first, carry))
         return carry
 
     def finish(carry: PipelineCarry) -> dict[str, Array]:

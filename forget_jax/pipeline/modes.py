@@ -4,10 +4,11 @@
 p* = sum_k w*_k N(mu_k*, s_k*^2 I), q_theta = sum_k w_k N(m_k, s_k^2 I), one mode per task: mode
 0 is the old task (prior skills, weight w*_0 = `target_old_weight`, scale `target_old_scale`),
 modes 1 .. K-1 the post-training tasks (equal shares of 1 - w*_0, scale `target_new_scale`).
-The learner's weights are K - 1 free parameters (`weight`): logits with the last pinned at 0
-(w = softmax([a, 0]); for K = 2, a = logit beta, the two-mode `logit` rule) or the first K - 1
-weights themselves (`direct`, `replicator`; w_{K-1} = 1 - sum). For K = 2 every quantity here is
-that of model.py's two-mode mixture (tests/test_pipeline.py).
+The learner's weights (`weight`): K logits, w = softmax(a), every mode alike (the loop steps them
+at eta / 2, so that for K = 2 the logit a_0 - a_1 = logit beta takes the two-mode `logit` step;
+pipeline/loop.py), or the first K - 1 weights themselves (`replicator`, w_{K-1} = 1 - sum, a rule
+that is the same for every mode; `direct` is K = 2 only). For K = 2 every quantity here is that
+of model.py's two-mode mixture (tests/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ class Modes(eqx.Module):
 
 
 class ModeParams(eqx.Module):
-    """Trainable theta of the K-mode learner: `weight` (K - 1,) (logits or the first K - 1
-    weights, module doc), `means` (K, d), `scales` (K,)."""
+    """Trainable theta of the K-mode learner: `weight` (K logits, or the first K - 1 weights under
+    `direct` / `replicator`; module doc), `means` (K, d), `scales` (K,)."""
 
-    weight: Float[Array, " Km1"]
+    weight: Float[Array, " P"]
     means: Float[Array, "K d"]
     scales: Float[Array, " K"]
 
@@ -101,7 +102,7 @@ def frame(setup: Setup) -> np.ndarray:
     for v in u[1:] - u[0]:  # Gram-Schmidt from e_1, in mode order (K = 2 on the axis: e_1 alone)
         residual = v - sum(np.dot(v, b) * b for b in basis)
         norm = np.linalg.norm(residual)
-        if norm > 1e-9 * max(1.0, np.linalg.norm(v)):
+        if norm > 1e-9 * max(1.0, float(np.linalg.norm(v))):
             basis.append(residual / norm)
     return np.stack(basis, axis=1)
 
@@ -159,21 +160,22 @@ def training_modes(
 
 
 def weights(params: ModeParams, setup: Setup) -> Float[Array, " K"]:
-    """w from the free parameters: softmax([a, 0]) (logit) or [w_0 .. w_{K-2}, 1 - sum] (direct,
-    replicator). K = 2 logit: (sigmoid(a), 1 - sigmoid(a))."""
+    """w from the parameters: softmax(a) (logit) or [w_0 .. w_{K-2}, 1 - sum] (direct,
+    replicator). K = 2 logit: (sigmoid(a_0 - a_1), 1 - sigmoid(a_0 - a_1)), the two-mode beta."""
     if setup.weight_param == "logit":
-        if setup.modes == 2:  # the two-mode rule exactly: beta = sigmoid(a)
-            beta = jax.nn.sigmoid(params.weight[0])
+        if setup.modes == 2:  # the two-mode rule exactly: beta = sigmoid(logit beta)
+            beta = jax.nn.sigmoid(params.weight[0] - params.weight[1])
             return jnp.stack([beta, 1.0 - beta])
-        return jax.nn.softmax(jnp.concatenate([params.weight, jnp.zeros((1,), params.weight.dtype)]))
+        return jax.nn.softmax(params.weight)
     return jnp.concatenate([params.weight, (1.0 - jnp.sum(params.weight))[None]])
 
 
-def weight_parameters(w: Float[Array, " K"], setup: Setup) -> Float[Array, " Km1"]:
-    """Inverse of `weights`: a_k = log(w_k / w_{K-1}) (logit; w_{K-1} as 1 - sum of the others, so
-    K = 2 gives gaussian.logit) or the first K - 1 weights."""
+def weight_parameters(w: Float[Array, " K"], setup: Setup) -> Float[Array, " P"]:
+    """Inverse of `weights`: a_k = log(w_k / w_{K-1}), a_{K-1} = 0 (logit; w_{K-1} as 1 - sum of
+    the others, so K = 2 gives a_0 = gaussian.logit(beta)) or the first K - 1 weights."""
     if setup.weight_param == "logit":
-        return jnp.log(w[:-1]) - jnp.log1p(-jnp.sum(w[:-1]))
+        free = jnp.log(w[:-1]) - jnp.log1p(-jnp.sum(w[:-1]))
+        return jnp.concatenate([free, jnp.zeros((1,), free.dtype)])
     return w[:-1]
 
 

@@ -264,7 +264,7 @@ def check_point(values: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) 
     `stages`: the normalised stage mappings. Checks that each stage runs an objective the K-mode
     engine has, that an FKL stage names its task, that replay has an earlier task to replay and that
     `replay_shares` has one share per earlier task, and the table's rules on the stage's values."""
-    built = build(freeze(stages))  # type: ignore[arg-type]
+    built = build(freeze(stages))
     for stage, raw in zip(built, stages, strict=True):
         where = f"stages.{stage.index}"
 
@@ -286,6 +286,12 @@ def check_point(values: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) 
                 f"{where}.sampling={get('sampling')!r}: pipeline stages sample ancestrally (set sampling: ancestral "
                 "or estimator: population)",
                 f"{where}.sampling",
+            )
+        if get("weight_param") == "direct" and values["modes"] > 2:
+            return (
+                f"{where}.weight_param='direct': gradient steps on the weights themselves single out the last mode "
+                f"(w_K-1 = 1 - sum) when K > 2 (modes={values['modes']}); use logit or replicator",
+                f"{where}.weight_param",
             )
         replay = float(get("replay_ratio"))
         if objective == "fkl" and stage.task is None:

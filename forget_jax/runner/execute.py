@@ -46,6 +46,7 @@ from .._cache import enable_compilation_cache
 from .._version import __version__
 from ..config import ConfigError, SweepSpec
 from ..limits import Limits, check_limits
+from ..pipeline.schedule import split_name
 from ..spec import make_hyper
 from ..store import (
     StoreError,
@@ -188,7 +189,7 @@ def _running(setup):
 
 def _block_setup(spec: SweepSpec, values: dict):
     traced = fields.names("traced")
-    static = {k: values[k][0] for k in spec.axes if k not in traced}
+    static = {k: values[k][0] for k in spec.axes if k not in traced and split_name(k) is None}
     config = spec.with_values(static)
     return config, config.setup()
 
@@ -232,9 +233,15 @@ def _block_hyper(plan: Plan, values: dict, config, setup, devices):
     padded = math.ceil(math.prod(plan.chunk_shape) / len(devices)) * len(devices)
     take = np.minimum(np.arange(padded), n - 1)
     arrays = {}
-    for name in fields.names("traced"):
-        column = np.asarray(values[name], dtype=np.float64) if name in values else np.full(n, getattr(config, name))
+    defaults = config.hyper_values()  # a pipeline's stages.<i>.<field> too
+    for name, default in defaults.items():
+        column = np.asarray(values[name], dtype=np.float64) if name in values else np.full(n, default)
         arrays[name] = column[take]
+    for name in values:  # a top-level traced axis is the value of every stage that does not set it
+        stage_names = [k for k in defaults if (s := split_name(k)) is not None and s[1] == name]
+        for k in stage_names:
+            if k not in values and _stage_inherits(config, k):
+                arrays[k] = arrays[name]
     arrays["seed"] = np.asarray(values["seed"], dtype=np.int64)[take]
     sharded = _mesh_sharding(devices)
     hyper = jax.device_put(make_hyper(setup.dtype, **arrays), sharded)
@@ -244,6 +251,12 @@ def _block_hyper(plan: Plan, values: dict, config, setup, devices):
         replicated = jax.sharding.NamedSharding(sharded.mesh, jax.sharding.PartitionSpec())
         noise = (jax.device_put(noise_seeds, replicated), jax.device_put(seed_slot, sharded))
     return hyper, noise, n, padded
+
+
+def _stage_inherits(config, key: str) -> bool:
+    """Whether stage i takes its value of a field from the top level (it does not set it itself)."""
+    i, name = split_name(key)  # type: ignore[misc]
+    return name not in config.stages[i]
 
 
 def _run_block(spec, plan, block, devices, setup, config, values, t0, ctx: RunContext, subset):
