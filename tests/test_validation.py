@@ -646,7 +646,9 @@ def test_cli_out_under_a_file(tmp_path):
 # what ships still loads (and fits the default caps)
 
 
-SHIPPED = sorted(p.name for p in packaged_configs().glob("*.yaml"))
+SHIPPED = sorted(p.name for p in packaged_configs().glob("*.yaml")) + sorted(
+    f"pipelines/{p.name}" for p in (packaged_configs() / "pipelines").glob("*.yaml")
+)
 STUDIES = sorted(p.stem for p in configs_dir().glob("*.yaml"))
 
 
