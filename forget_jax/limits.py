@@ -7,7 +7,7 @@ The estimate (`footprint`) is arithmetic on the sweep's shape, no array is built
 * configurations N = (product of the grid axis lengths) x seeds;
 * logged points per configuration P = steps // log_every + 1 (the largest over the grid: the
   largest `steps` over the smallest `log_every`);
-* logged values V = N P M with M the per-step metrics of the store (metrics.METRIC_NAMES), and
+* logged values V = N P M with M the numbers a configuration logs per step (metrics.values_per_logged_step), and
   store bytes V x itemsize (4 in float32, 8 in float64);
 * per block (the configurations computed at once: `chunk_size`, or the runner's default without
   a memory probe, runner.plan.choose_chunk_size(probe=False)), the host memory of its logged
@@ -114,11 +114,11 @@ def _largest(spec: SweepSpec, name: str) -> list:
 def footprint(spec: SweepSpec, chunk_size: int | None = None) -> Footprint:
     """The estimate of the module doc for `spec` run in blocks of `chunk_size` configurations
     (default: the runner's memory-budget default)."""
-    from .metrics import METRIC_NAMES
+    from .metrics import values_per_logged_step
 
     configs = math.prod(len(v) for v in spec.axes.values()) * len(spec.seeds)
     logged = max(_largest(spec, "steps")) // min(_largest(spec, "log_every")) + 1
-    metrics = len(METRIC_NAMES)
+    metrics = values_per_logged_step(spec.base.modes if spec.base.stages else 0)
     itemsize = 8 if (True in _largest(spec, "x64")) else 4
     if chunk_size is None:
         from .runner.plan import default_chunk_size

@@ -51,6 +51,12 @@ MODE_METRICS: dict[str, tuple[str, str]] = {
 MODE_METRIC_NAMES: tuple[str, ...] = tuple(MODE_METRICS)
 
 
+def values_per_logged_step(pipeline_modes: int = 0) -> int:
+    """Numbers a configuration logs per logged step: every metric of METRIC_NAMES, plus K per
+    per-mode metric in a pipeline of K = `pipeline_modes` modes (0: not a pipeline)."""
+    return len(METRIC_NAMES) + len(MODE_METRIC_NAMES) * pipeline_modes
+
+
 def old_drift(params: LearnerParams, target: Mixture) -> Scalar:
     """delta = ||m_o - mu_o*|| / s_o* (D2; Mahalanobis with the old component's covariance)."""
     return jnp.linalg.norm(params.old_mean - target.old_mean) / target.old_scale

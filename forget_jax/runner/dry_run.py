@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import fields
 from ..config import SweepSpec
-from ..metrics import METRIC_NAMES
+from ..metrics import values_per_logged_step
 from ..store import coordinates
 from .execute import SEGMENT_SECONDS, block_steps, config_steps, probe_block
 from .plan import Block, choose_chunk_size, make_plan
@@ -67,7 +67,7 @@ def plan_report(
     coords = coordinates(spec)
     item = 8 if spec.base.x64 else 4
     n_steps = len(coords["step"])
-    store_bytes = spec.size * n_steps * len(METRIC_NAMES) * item
+    store_bytes = spec.size * n_steps * values_per_logged_step(spec.base.modes if spec.base.stages else 0) * item
     lines = [
         f"sweep        {spec.base.name}: {spec.size} configurations = "
         + " x ".join(f"{k} {n}" for k, n in zip(spec.dims, spec.shape)),

@@ -204,12 +204,14 @@ def _host_log_cap(spec: SweepSpec, host_free: int | None) -> int:
     block gathers on the host: within `MEMORY_FRACTION` of the host's free memory and within the
     default host-memory cap of limits.py (so the default never trips that cap by itself)."""
     from ..limits import Limits
-    from ..metrics import METRIC_NAMES
+    from ..metrics import values_per_logged_step
 
     steps = max(spec.axes.get("steps", [spec.base.steps]))
     log_every = min(spec.axes.get("log_every", [spec.base.log_every]))
     itemsize = 8 if True in spec.axes.get("x64", [spec.base.x64]) else 4
-    per_config = (steps // log_every + 1) * len(METRIC_NAMES) * itemsize
+    per_config = (
+        (steps // log_every + 1) * values_per_logged_step(spec.base.modes if spec.base.stages else 0) * itemsize
+    )
     cap = float(Limits().max_host_bytes or 2**62)
     if host_free is not None:
         cap = min(cap, MEMORY_FRACTION * host_free)
