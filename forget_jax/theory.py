@@ -830,6 +830,26 @@ def rkl_recovery_time(
     )
 
 
+def rkl_k_mode_time_factor(target_weights) -> float:
+    r"""How much longer an RKL recovery of the old weight takes with K modes than with two (P2,
+    "K > 2"; separated limit, K softmax logits each stepped at eta / 2, the other modes in their
+    target ratio): 2 / (1 + rho) with $\rho = \sum_{j \ge 1} (w^*_j / (1 - w^*_0))^2$.
+
+    With the others in ratio, $dw_0/dt = \eta w_0^2 (1 - w_0)^2 \log(c (1 - w_0)/w_0) (1 + \rho)/2$:
+    the K = 2 law at the rate eta (1 + rho) / 2, so every time of `rkl_recovery_time` is multiplied
+    by this factor (1 for K = 2, 4/3 for two new tasks of equal target weight).
+
+    Args:
+        target_weights: the K target weights w* (mode 0 the old task), summing to 1.
+
+    Returns:
+        The factor 2 / (1 + rho), in [1, 2).
+    """
+    w = np.asarray(target_weights, dtype=np.float64)
+    rho = float(np.sum((w[1:] / (1.0 - w[0])) ** 2))
+    return 2.0 / (1.0 + rho)
+
+
 def rkl_recovery_time_asymptotic(
     initial_weight: FloatLike,
     final_weight: FloatLike,
