@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 import yaml
+from matplotlib.lines import Line2D
 
 from .. import theory
 from .figures import MARKERS, color, label_panel, new_figure
@@ -483,43 +484,56 @@ def _analyze_p2(logit_stores: list, direct_stores: list, ctx: Context) -> list:
 
 
 def _figure_p2(rows: list[dict], ctx: Context) -> None:
+    """eta N against beta_0 (log-log): in units of 1 / eta the RL learning rates collapse onto one curve
+    per separation (exactly for the flow; the discrete map is drawn at the smallest eta)."""
     fig, axes = new_figure(2, 1, width=5.0, height=4.0)
     for ax, wp in zip(axes[0], ("logit", "direct"), strict=True):
         mine = [r for r in rows if r["weight_param"] == wp and math.isfinite(r["n"])]
         etas = sorted({r["eta"] for r in mine})
         seps = sorted({r["separation"] for r in mine}, reverse=True)
-        b_lo = min(r["beta0"] for r in mine) / 2
-        b_hi = max(r["beta0"] for r in mine if r["beta0"] < r["beta_end"]) * 1.2
-        grid = np.geomspace(b_lo, min(b_hi, mine[0]["beta_end"] * 0.9), 60)
         r0 = mine[0]
-        for i, eta in enumerate(etas):
-            n_map = theory.rkl_recovery_steps(
-                grid, r0["beta_end"], r0["beta_star"], eta, wp, weight_clip=r0["weight_clip"]
-            )
-            ax.plot(grid, n_map, "-", color=color(i), lw=1.2, label=rf"map, $\eta$ = {eta:g}")
-            law = theory.rkl_recovery_time_asymptotic(grid, r0["beta_end"], r0["beta_star"], eta, wp)
-            ax.plot(grid, law, ":", color=color(i), lw=1.0)
-            for j, sep in enumerate(seps):
+        b_lo = min(r["beta0"] for r in mine) / 2
+        b_hi = min(max(r["beta0"] for r in mine if r["beta0"] < r0["beta_end"]) * 1.2, r0["beta_end"] * 0.9)
+        grid = np.geomspace(b_lo, b_hi, 60)
+        args = (r0["beta_end"], r0["beta_star"])
+        n_map = theory.rkl_recovery_steps(grid, *args, etas[0], wp, weight_clip=r0["weight_clip"])
+        ax.plot(grid, etas[0] * n_map, "-", color=color(0), lw=1.4, label=rf"separated map ($\eta$ = {etas[0]:g})")
+        law = theory.rkl_recovery_time_asymptotic(grid, *args, 1.0, wp)
+        ax.plot(grid, law, ":", color="0.3", lw=1.2, label="small-weight closed form")
+        coarse = np.geomspace(b_lo, b_hi, 11)
+        for j, sep in enumerate(seps):
+            if sep != SEPARATED:
+                flow = [theory.rkl_recovery_time_finite_separation(b, *args, 1.0, wp, sep, nodes=41) for b in coarse]
+                ax.plot(coarse, flow, "--", color=color(j), lw=1.0, label=rf"finite-$\Delta$ flow, $\Delta$ = {sep:g}")
+            for i, eta in enumerate(etas):
                 pts = [r for r in mine if r["eta"] == eta and r["separation"] == sep]
-                filled = sep == SEPARATED
                 ax.plot(
                     [r["beta0"] for r in pts],
-                    [r["n"] for r in pts],
-                    MARKERS[j],
-                    color=color(i),
-                    mfc=color(i) if filled else "none",
-                    ms=6,
-                    label=rf"run, $\Delta$ = {sep:g}" if i == 0 else None,
+                    [eta * r["n"] for r in pts],
+                    MARKERS[i],
+                    color=color(j),
+                    mfc="none" if i else color(j),
+                    ms=5,
                 )
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            Line2D([], [], ls="", marker="s", color=color(j), label=rf"runs, $\Delta$ = {sep:g}")
+            for j, sep in enumerate(seps)
+        ]
+        handles += [
+            Line2D(
+                [], [], ls="", marker=MARKERS[i], color="0.4", mfc="none" if i else "0.4", label=rf"$\eta$ = {eta:g}"
+            )
+            for i, eta in enumerate(etas)
+        ]
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(r"$\beta_0$ (old weight at the end of SFT)")
-        ax.set_ylabel(r"RL steps to $\beta^*/2$")
+        ax.set_ylabel(r"$\eta\,N$: RL steps to $\beta^*/2$ times $\eta$")
         ax.set_title(
             f"P2 {wp}: SFT $\\to$ RL recovery ($\\beta^*$ = {r0['beta_star']:g}, means at targets)", fontsize=9
         )
-        ax.legend(fontsize=6.5, loc="best", ncol=2)
-        label_panel(ax, "lines: discrete map; dotted: small-weight closed form", loc="lower left")
+        ax.legend(handles=handles, fontsize=6.5, loc="best", ncol=2)
     ctx.save_figure(fig, "pipelines_recovery_time")
 
 
