@@ -105,6 +105,11 @@ def _grid(da):
     return dims, points()
 
 
+def _shares_text(stage: dict) -> str:
+    shares = stage.get("replay_shares")
+    return "equal" if shares is None else " / ".join(f"{x:g}" for x in shares)
+
+
 def _stage_optimum(k_modes: int, stage: dict, lam: float, earlier: tuple[int, ...]) -> np.ndarray:
     """P1's weights after an FKL stage (theory.fkl_stage_weights; lambda = 0 replays nothing)."""
     if lam == 0:
@@ -184,8 +189,9 @@ def _analyze_p1(ds, ctx: Context) -> list:
     claims = [
         ctx.claim(
             "p1_replay_optimum",
-            f"After each FKL stage with replay lambda > 0 (K = {k_modes}, Delta = {cfg['separation']:g}, equal shares "
-            "in stage 1, shares 0.5 / 0.2 / 0.3 in stage 2), the mode weights are P1's optimum.",
+            f"After each FKL stage with replay lambda > 0 (K = {k_modes}, Delta = {cfg['separation']:g}; shares: "
+            + "; ".join(f"stage {i} {_shares_text(st)}" for i, st in enumerate(stages) if len(earlier[i]) > 1)
+            + "), the mode weights are P1's optimum.",
             "P1 (docs/science/pipelines.md)",
             "w_task = 1 - lambda, w_j = lambda share_j (j earlier), 0 elsewhere (theory.fkl_stage_weights)",
             f"max |w_k - w_k^P1| = {fmt(worst['err'])} over {len(rows)} stage ends x {k_modes} weights "
@@ -579,7 +585,7 @@ def _analyze_p3(ds, ctx: Context) -> list:
         ctx.claim(
             "p3_starvation",
             f"In a Monte Carlo FKL stage (K = {k_modes}, B = {batch}, replay lambda split "
-            f"{fmt(st['replay_shares'] or 'equal')} over tasks {list(earlier[s])}), a batch misses mode k with "
+            f"{_shares_text(st)} over tasks {list(earlier[s])}), a batch misses mode k with "
             "probability (1 - pi_k)^B; for an earlier task j that is (1 - lambda share_j)^B.",
             "P3 (docs/science/pipelines.md), D6",
             "starved fraction = theory.mode_starvation_probability(p_train weights, B) "
