@@ -676,7 +676,7 @@ def resolve_config_path(source: str | Path) -> Path:
     for candidate in (shipped / name, shipped / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
-    available = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+    available = ", ".join(sorted(p.relative_to(shipped).with_suffix("").as_posix() for p in shipped.rglob("*.yaml")))
     raise ConfigError(
         f"config file {str(path)!r} does not exist (configurations shipped with forget-jax: {available})",
         field="config",
@@ -846,6 +846,12 @@ def _pipeline(raw: dict) -> dict:
             f"steps={raw['steps']!r}: a pipeline runs the sum of its stages' steps ({total}); drop `steps` "
             "or make it equal",
             field="steps",
+        )
+    if modes > 2 and _field_value("weight_param", raw) == "direct":
+        raise ConfigError(
+            f"weight_param=direct: gradient steps on the weights themselves single out the last mode (w_K-1 = 1 - sum) "
+            f"when K > 2 (modes={modes}); use logit or replicator (docs/science/pipelines.md)",
+            field="weight_param",
         )
     placement = _field_value("mode_placement", raw)
     positions = raw.get("mode_positions")

@@ -139,7 +139,12 @@ PIPELINE_ROWS: list[tuple[str, dict, str]] = [
         {"stages": _ONE, "grid": {"stages.0.learning_rate": [0.1, -1.0]}},
         "grid.stages.0.learning_rate",
     ),
-    ("direct-k-modes", {"modes": 3, "weight_param": "direct", "stages": _ONE}, "stages.0.weight_param"),
+    ("direct-k-modes", {"modes": 3, "weight_param": "direct", "stages": _ONE}, "weight_param"),
+    (
+        "weight-param-per-stage",
+        {"stages": [{"steps": 10, "task": 1, "weight_param": "direct"}]},
+        "stages.0.weight_param",
+    ),
     ("modes-without-stages", {"modes": 3}, "modes"),
     ("steps-not-the-sum", {"steps": 50, "stages": _ONE}, "steps"),
     ("simplex-needs-dim", {"modes": 3, "mode_placement": "simplex", "stages": _ONE}, "mode_placement"),

@@ -36,7 +36,8 @@ STAGE_KEYS: tuple[str, ...] = ("steps", "task", "target", "replay_shares")
 PIPELINE_OBJECTIVES: tuple[str, ...] = ("fkl", "rkl")
 
 #: Fields fixed for the whole pipeline (the geometry of the tasks, shapes shared by every stage,
-#: the log grid and the sweep's bookkeeping): a stage may not set them.
+#: the weight parameter the state carries, the log grid and the sweep's bookkeeping): a stage may
+#: not set them.
 PIPELINE_WIDE: frozenset[str] = frozenset(
     {
         "dim",
@@ -48,6 +49,7 @@ PIPELINE_WIDE: frozenset[str] = frozenset(
         "mode_positions",
         "stages",
         "learner_modes",
+        "weight_param",
         "independent_noise",
         "overlap_grid",
         "metric_quadrature_order",
@@ -286,12 +288,6 @@ def check_point(values: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) 
                 f"{where}.sampling={get('sampling')!r}: pipeline stages sample ancestrally (set sampling: ancestral "
                 "or estimator: population)",
                 f"{where}.sampling",
-            )
-        if get("weight_param") == "direct" and values["modes"] > 2:
-            return (
-                f"{where}.weight_param='direct': gradient steps on the weights themselves single out the last mode "
-                f"(w_K-1 = 1 - sum) when K > 2 (modes={values['modes']}); use logit or replicator",
-                f"{where}.weight_param",
             )
         replay = float(get("replay_ratio"))
         if objective == "fkl" and stage.task is None:
