@@ -148,6 +148,41 @@ def _state_reason(state_parts, params: LearnerParams, hyper: Hyper, setup: Setup
     return _reason(_float_leaves(state_parts), blown_up(params, hyper, setup))
 
 
+def keep_good(state, stepped, reason: Int[Array, ""], step):
+    """The state after an update: `stepped`, unless the configuration has diverged (before, or
+    now: `reason` > 0), which keeps it frozen at its last good `state` and records the first
+    cause and `step` (the t of the first bad state). `state` is any module with the fields
+    `diverged`, `diverged_reason`, `diverged_step` (TrainState, pipeline.loop.PipelineState)."""
+    frozen = state.diverged | (reason > 0)
+    kept = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state, stepped)
+    newly = ~state.diverged & (reason > 0)
+    return eqx.tree_at(
+        lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
+        kept,
+        (
+            frozen,
+            jnp.where(newly, reason, state.diverged_reason),
+            jnp.where(newly, jnp.asarray(step).astype(jnp.int32), state.diverged_step),
+        ),
+    )
+
+
+def mark_logged(state, values: dict[str, Array], step):
+    """A logged state whose loss or old weight is not finite diverges at that log point's step
+    (module doc): the divergence record of `state` updated from `values`."""
+    reason = _reason([values["loss"], values["old_weight"]], jnp.zeros((), bool))
+    newly = ~state.diverged & (reason > 0)
+    return eqx.tree_at(
+        lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
+        state,
+        (
+            state.diverged | newly,
+            jnp.where(newly, reason, state.diverged_reason),
+            jnp.where(newly, jnp.asarray(step).astype(jnp.int32), state.diverged_step),
+        ),
+    )
+
+
 #: Seed-shared noise: a table of U seeds pays when U <= SHARE_FRACTION * (configurations).
 SHARE_FRACTION = 0.25
 
@@ -284,20 +319,7 @@ def make_segments(
                 diverged_reason=state.diverged_reason,
                 diverged_step=state.diverged_step,
             )
-            # a diverged configuration stays frozen at its last good state
-            frozen = state.diverged | (reason > 0)
-            kept = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state, stepped)
-            newly = ~state.diverged & (reason > 0)
-            kept = eqx.tree_at(
-                lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
-                kept,
-                (
-                    frozen,
-                    jnp.where(newly, reason, state.diverged_reason),
-                    jnp.where(newly, (t + 1).astype(jnp.int32), state.diverged_step),
-                ),
-            )
-            return kept, None
+            return keep_good(state, stepped, reason, t + 1), None
 
         def record(state: TrainState, t, starved_fraction) -> tuple[TrainState, dict[str, Scalar]]:
             metrics = measure(state.params, hyper, setup)
@@ -311,17 +333,7 @@ def make_segments(
             metrics.update(items.measure(state.params, before, hyper, setup))
             metrics = {name: jnp.asarray(metrics[name], setup.dtype) for name in METRIC_NAMES}
             # a logged state whose loss or old weight is not finite diverges here (step t)
-            reason = _reason([metrics["loss"], metrics["old_weight"]], jnp.zeros((), bool))
-            newly = ~state.diverged & (reason > 0)
-            state = eqx.tree_at(
-                lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
-                state,
-                (
-                    state.diverged | newly,
-                    jnp.where(newly, reason, state.diverged_reason),
-                    jnp.where(newly, t.astype(jnp.int32), state.diverged_step),
-                ),
-            )
+            state = mark_logged(state, metrics, t)
             metrics = {name: jnp.where(state.diverged, nan, value) for name, value in metrics.items()}
             return state, metrics
 

@@ -1,5 +1,5 @@
 """The pipeline training loop: the stages of a schedule run in order in one program, the state
-carried across (docs/science/pipelines.md section 3).
+carried across (docs/science/pipelines.md, "The engine").
 
 Same contract as train.make_segments (`init`, `segment(carry, hyper, start, stop)`, `finish`),
 so the sweep runner, checkpoints and resume serve pipelines unchanged. The log grid is global:
@@ -38,21 +38,6 @@ from ..update import make_optimizer
 from . import modes as mm
 from . import objectives as po
 from .schedule import Stage, build, traced_name
-
-#: Two-mode metrics the K-mode engine computes for K > 2 (the rest are NaN there; for K = 2 the
-#: pipeline reports every two-mode metric through metrics.measure).
-K_MODE_METRICS: tuple[str, ...] = (
-    "old_weight",
-    "old_drift",
-    "old_drift_max",
-    "kl_to_target",
-    "kl_from_train",
-    "loss",
-    "starved_fraction",
-    "max_importance_weight",
-    "old_mean_position",
-    "old_scale",
-)
 
 
 class PipelineState(eqx.Module):
@@ -217,7 +202,9 @@ def measure(
 ) -> dict[str, Scalar]:
     """State metrics of theta during `stage`. K = 2: every two-mode metric (metrics.measure on the
     same theta; `kl_from_train` from the stage's p_train or target; the sample-wise metrics against
-    theta(0) of the pipeline, `before`). K > 2: K_MODE_METRICS, with
+    theta(0) of the pipeline, `before`). K > 2: old_weight, old_drift, old_mean_position,
+    old_scale and the KLs (the loop adds loss, starved_fraction, old_drift_max and
+    max_importance_weight), with
     the KLs by quadrature in the frame of the target means when it is exact (d = 1, or population
     runs), else NaN; the rest NaN. Always the per-mode metrics of MODE_METRICS but the starved
     fraction (the loop adds it)."""
@@ -266,7 +253,7 @@ def make_segments(setup: Setup):
 
     The trajectory maps every name of metrics.METRIC_NAMES to (num_logs,) and every name of
     MODE_METRIC_NAMES to (num_logs, K), plus `diverged`, `diverged_reason`, `diverged_step`."""
-    from ..train import TRACE_COUNTS, run_key
+    from ..train import TRACE_COUNTS, keep_good, mark_logged, run_key
 
     stages = stages_of(setup)
     setups = [stage_setup(setup, s) for s in stages]
@@ -339,19 +326,7 @@ def make_segments(setup: Setup):
                     diverged_reason=state.diverged_reason,
                     diverged_step=state.diverged_step,
                 )
-                frozen = state.diverged | (reason > 0)
-                kept = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state, stepped)
-                newly = ~state.diverged & (reason > 0)
-                kept = eqx.tree_at(
-                    lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
-                    kept,
-                    (
-                        frozen,
-                        jnp.where(newly, reason, state.diverged_reason),
-                        jnp.where(newly, (t + 1).astype(jnp.int32), state.diverged_step),
-                    ),
-                )
-                return kept, None
+                return keep_good(state, stepped, reason, t + 1), None
 
             def advance(state: PipelineState, j, step=step) -> PipelineState:
                 state = eqx.tree_at(lambda s: s.missed_steps, state, jnp.zeros((k,), jnp.int32))
@@ -378,17 +353,7 @@ def make_segments(setup: Setup):
                     max_importance_weight=state.max_importance_weight,
                 )
                 values = {name: jnp.asarray(values[name], setup.dtype) for name in names}
-                reason = _reason([values["loss"], values["old_weight"]], jnp.zeros((), bool))
-                newly = ~state.diverged & (reason > 0)
-                state = eqx.tree_at(
-                    lambda s: (s.diverged, s.diverged_reason, s.diverged_step),
-                    state,
-                    (
-                        state.diverged | newly,
-                        jnp.where(newly, reason, state.diverged_reason),
-                        jnp.where(newly, t.astype(jnp.int32), state.diverged_step),
-                    ),
-                )
+                state = mark_logged(state, values, t)
                 return state, {name: jnp.where(state.diverged, nan, v) for name, v in values.items()}
 
             def body(loop, advance=advance, record=record):

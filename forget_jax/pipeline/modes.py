@@ -1,5 +1,5 @@
 """The K-mode Gaussian mixture of a pipeline: target p*, learner q_theta, task distributions
-(docs/science/pipelines.md section 1).
+(docs/science/pipelines.md, "The K-mode model" and "The engine").
 
 p* = sum_k w*_k N(mu_k*, s_k*^2 I), q_theta = sum_k w_k N(m_k, s_k^2 I), one mode per task: mode
 0 is the old task (prior skills, weight w*_0 = `target_old_weight`, scale `target_old_scale`),

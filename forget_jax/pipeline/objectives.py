@@ -1,4 +1,4 @@
-"""FKL and RKL stages over K modes (docs/science/pipelines.md section 2; the two-mode forms are
+"""FKL and RKL stages over K modes (docs/science/pipelines.md, "The engine"; the two-mode forms are
 docs/science/objectives.md).
 
 A stage's step draws its noise with the two-mode objective's own `draw` (objectives/forward_kl.py,
