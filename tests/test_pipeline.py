@@ -283,3 +283,29 @@ def test_stage_replay_sweep_is_one_program_and_reaches_the_multi_task_optimum():
     bound = 2 / (0.5 * 1500)
     assert np.all(final[0, :2] < bound) and final[0, 2] > 1 - 2 * bound, final[0]
     np.testing.assert_array_equal(ds["mode_weight"].isel(seed=0).values, ds["mode_weight"].isel(seed=1).values)
+
+
+def test_a_diverging_stage_freezes_its_configuration_only():
+    """A huge learning rate in stage 1 of one configuration (Adam off, SGD on the means: the
+    means leave the target's region) diverges that configuration at a step inside stage 1
+    (train.DIVERGENCE_REASONS, from then on NaN), and leaves the other, run in the same batch,
+    exactly as when it runs alone."""
+    setup = Setup(
+        modes=3,
+        estimator="population",
+        steps=60,
+        log_every=10,
+        stages=[dict(steps=30, task=1), dict(steps=30, task=2)],
+        samplewise_items=0,
+    )
+    values = dict(separation=6.0, learning_rate=0.1)
+    both = make_hyper(np.float32, **values, **{"stages.1.learning_rate": np.array([0.1, 1e5])}, seed=[0, 0])
+    alone = make_hyper(np.float32, **values, **{"stages.1.learning_rate": np.array([0.1])}, seed=[0])
+    out, ref = simulate(setup, both), simulate(setup, alone)
+    assert not out["diverged"][0] and out["diverged"][1]
+    assert 30 < out["diverged_step"][1] <= 60 and out["diverged_reason"][1] > 0
+    logged = setup.logged_steps()
+    assert np.all(np.isnan(out["old_weight"][1, logged >= out["diverged_step"][1]]))
+    assert np.all(np.isfinite(out["old_weight"][1, logged <= 30]))
+    for name in ("old_weight", "mode_weight", "mode_mean_position", "loss"):
+        np.testing.assert_array_equal(out[name][0], ref[name][0], err_msg=name)
