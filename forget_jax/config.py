@@ -332,7 +332,8 @@ def _check_nodes(root: yaml.Node) -> dict[str, int]:
     """Walk the composed document once (each node once; aliases are shared nodes): refuse
     duplicate mapping keys and documents whose alias-expanded size exceeds MAX_YAML_NODES (an
     alias bomb is refused here, before it is constructed), and return the line (1-based) of every
-    mapping key by dotted path (`grid.separation`, `stores.x3.5.grid.learning_rate`)."""
+    mapping key by dotted path (`grid.separation`, `stores.x3.5.grid.learning_rate`, and a
+    pipeline's `stages.1.task`)."""
     expanded: dict[int, int] = {}
     active: set[int] = set()
 
@@ -369,7 +370,14 @@ def _check_nodes(root: yaml.Node) -> dict[str, int]:
     lines: dict[str, int] = {}
 
     def record(node: yaml.Node, prefix: str, depth: int) -> None:
-        if not isinstance(node, yaml.MappingNode) or depth > 4:
+        if depth > 4:
+            return
+        if isinstance(node, yaml.SequenceNode) and prefix == "stages.":  # a pipeline: stages.<i>.<key>
+            for i, item in enumerate(node.value):
+                lines.setdefault(f"{prefix}{i}", item.start_mark.line + 1)
+                record(item, f"{prefix}{i}.", depth + 1)
+            return
+        if not isinstance(node, yaml.MappingNode):
             return
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:

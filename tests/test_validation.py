@@ -678,3 +678,14 @@ def test_study_yaml_files_have_no_duplicate_keys():
         data, lines = read_yaml(configs_dir() / f"{study}.yaml")
         assert data == yaml.safe_load((configs_dir() / f"{study}.yaml").read_text())
         assert "name" in lines
+
+
+def test_a_bad_stage_names_its_line(tmp_path):
+    """A pipeline error points at the stage's key in the file (`stages.1.task` -> its line)."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "modes: 3\nstages:\n  - {objective: fkl, task: 1, steps: 100}\n  - objective: fkl\n    task: 5\n    steps: 100\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:5: stages.1.task=5"), str(info.value)
