@@ -855,6 +855,12 @@ def _pipeline(raw: dict) -> dict:
             "or make it equal",
             field="steps",
         )
+    if _field_value("learner_modes", raw) != 2:
+        raise ConfigError(
+            f"learner_modes={raw['learner_modes']!r}: a pipeline's learner has one component per task (K = modes); "
+            "the one-Gaussian learner runs in the two-mode engine only",
+            field="learner_modes",
+        )
     if modes > 2 and _field_value("weight_param", raw) == "direct":
         raise ConfigError(
             f"weight_param=direct: gradient steps on the weights themselves single out the last mode (w_K-1 = 1 - sum) "

@@ -145,6 +145,7 @@ PIPELINE_ROWS: list[tuple[str, dict, str]] = [
         {"stages": [{"steps": 10, "task": 1, "weight_param": "direct"}]},
         "stages.0.weight_param",
     ),
+    ("one-gaussian-learner", {"learner_modes": 1, "stages": _ONE}, "learner_modes"),
     ("modes-without-stages", {"modes": 3}, "modes"),
     ("steps-not-the-sum", {"steps": 50, "stages": _ONE}, "steps"),
     ("simplex-needs-dim", {"modes": 3, "mode_placement": "simplex", "stages": _ONE}, "mode_placement"),
