@@ -168,7 +168,7 @@ def test_population_objectives_match_numpy_quadrature(kind):
         def surrogate(p):
             return fn(mm.learner_modes(p, setup), target, setup, Noise(), frame)
 
-        (value, (loss, _)), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
+        (value, (loss, _)), grads = jax.jit(jax.value_and_grad(surrogate, has_aux=True))(params)
     expected = _np_objective(THETA, kind, *TARGET)
     assert float(loss) == pytest.approx(expected, rel=1e-7, abs=1e-9)
     if kind == "fkl":
