@@ -34,6 +34,7 @@ def phase_store(tmp_path_factory):
         steps=20,
         log_every=10,
         learning_rate=0.1,
+        samplewise_items=0,  # no plot here reads the sample-wise variables; they are most of the compile
         grid=dict(objective=["fkl", "rkl"], separation=[2.0, 4.0], replay_ratio=[0.0, 0.25, 0.5]),
     )
     forget_jax.sweep(config, out=path, progress=False)
@@ -53,6 +54,7 @@ def starve_store(tmp_path_factory):
         log_every=10,
         learning_rate=0.05,
         seeds=2,
+        samplewise_items=0,
         grid=dict(batch_size=[2, 8], replay_ratio=[0.0, 0.5]),
     )
     forget_jax.sweep(config, out=path, progress=False)
