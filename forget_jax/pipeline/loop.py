@@ -25,7 +25,6 @@ from functools import lru_cache
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from .. import items, metrics
@@ -238,22 +237,12 @@ def measure(
     return out
 
 
-def _reason(values, blown) -> Int[Array, ""]:
-    from ..train import _reason as reason
-
-    return reason(values, blown)
-
-
-def _float_leaves(tree):
-    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-
-
 def make_segments(setup: Setup):
     """`(init, segment, finish)` of a pipeline Setup (module doc; train.make_segments' contract).
 
     The trajectory maps every name of metrics.METRIC_NAMES to (num_logs,) and every name of
     MODE_METRIC_NAMES to (num_logs, K), plus `diverged`, `diverged_reason`, `diverged_step`."""
-    from ..train import TRACE_COUNTS, keep_good, mark_logged, run_key
+    from ..train import TRACE_COUNTS, _float_leaves, _reason, keep_good, mark_logged, run_key
 
     stages = stages_of(setup)
     setups = [stage_setup(setup, s) for s in stages]
@@ -382,9 +371,3 @@ def make_segments(setup: Setup):
         return out
 
     return init, segment, finish
-
-
-def stage_steps(setup: Setup) -> np.ndarray:
-    """(S + 1,) global step boundaries of the schedule: 0, end of stage 0, ..., total steps."""
-    stages = stages_of(setup)
-    return np.array([0, *(s.first_step + s.steps for s in stages)], dtype=np.int64)
